@@ -1,0 +1,55 @@
+"""``pipetune`` on the command line: sweep, validate, env.
+
+Each subcommand is an ``add_parser(sub)`` plus a ``run(args) -> int``. Errors that pipetune
+raises on purpose become one line and an exit code (2 for bad input); a traceback is shown
+only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipetune import __version__
+from pipetune.errors import PipetuneError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except PipetuneError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"pipetune: error: {err}" if err.exit_code != 2 or "\n" not in str(err) else str(err),
+              file=sys.stderr)
+        return err.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipetune.commands import env, sweep, validate
+
+    parser = argparse.ArgumentParser(prog="pipetune", description=(
+        "Find the fastest tf.data input pipeline for your data, model and machine, by measuring."))
+    parser.add_argument("--version", action="version", version=f"pipetune {__version__}")
+    sub = parser.add_subparsers(title="commands")
+    for command in (sweep, validate, env):
+        command.add_parser(sub)
+    return parser
+
+
+def print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def spec_path(text: str) -> Path:
+    return Path(text)

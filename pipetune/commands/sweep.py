@@ -1,0 +1,127 @@
+"""``pipetune sweep SPEC``: measure the variants, rank them, write the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipetune.stats import input_bound_band
+
+STRATEGIES = ("auto", "grid", "halving", "tpe")
+MODES = ("train", "input", "simulate")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sweep", help="measure pipeline variants and rank them")
+    parser.add_argument("spec", help="path to data.yaml")
+    parser.add_argument("--out", type=Path, help="output folder (default: reports/<spec name>/)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS", help="time budget for the search")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the spec's)")
+    parser.add_argument("--mode", choices=MODES, help="measurement mode (default: the spec's)")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep stored in --out")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna RDB URL shared by several workers (default: SQLite in --out)")
+    parser.add_argument("--seed", type=int, help="seed for the search order and samplers")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipetune.cli import print_json
+    from pipetune.outputs import json_document, write_outputs
+    from pipetune.sweep import SweepOptions, run_sweep
+    from pipetune.validate import load_spec
+
+    spec = load_spec(args.spec)
+    out = args.out or Path("reports") / spec.name
+    options = SweepOptions(out_dir=out, budget_s=args.budget, strategy=args.strategy, mode=args.mode,
+                           storage=args.storage, resume=args.resume, seed=args.seed)
+    console = Console(stderr=True)
+    progress = _Progress(console)
+    try:
+        outcome = run_sweep(spec, options, on_event=progress.event)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted.[/] Finished trials are kept in {out}. Resume with:\n"
+                      f"  pipetune sweep {args.spec} --out {out} --resume")
+        return 130
+    paths = write_outputs(outcome)
+    if args.json:
+        print_json(json_document(outcome))
+    _print_summary(console if args.json else Console(), outcome, paths)
+    return 0 if outcome.ranking.best is not None else 1
+
+
+class _Progress:
+    """Live status on stderr: one line per finished measurement."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.count = 0
+        self.status = console.status("starting…")
+        self.status.start()
+
+    def event(self, what: str, variant, rung: int) -> None:
+        from pipetune.space import describe
+
+        label = f"{variant.label} ({describe(variant.params)})"
+        burst = "short burst" if rung == 0 else "full burst"
+        if what == "start":
+            self.status.update(f"measuring {label}, {burst}…")
+        else:
+            self.count += 1
+            self.console.log(f"[{self.count}] measured {label}, {burst}")
+
+    def __del__(self) -> None:
+        self.status.stop()
+
+
+def _print_summary(console: Console, outcome, paths: dict) -> None:
+    from pipetune.outputs import trial_metrics
+    from pipetune.space import describe
+    from pipetune.spec import PipelineParams
+
+    ranking = outcome.ranking
+    epochs = outcome.spec.measure.epochs_planned
+    unit = "examples/s" if ranking.objective == "throughput" else f"s for {epochs} epochs"
+    table = Table(title=f"{outcome.spec.name}: {len(ranking.ranked)} ranked trials "
+                        f"({outcome.strategy}, {outcome.mode} mode, objective {ranking.objective})")
+    for column in ("#", "tie", "variant", f"median ({unit})", "95% CI", "input wait", "CPU %"):
+        table.add_column(column)
+    for ranked in ranking.ranked[:10]:
+        metrics = trial_metrics(ranked.trial, epochs)
+        label = ranked.trial.role.value if ranked.trial.role.value != "candidate" else ranked.trial.key
+        table.add_row(str(ranked.position), "=" if ranked.tied_with_previous else "",
+                      f"{label}: {describe(PipelineParams(**ranked.trial.params))}",
+                      f"{ranked.median:.1f}", f"{ranked.ci_low:.1f}–{ranked.ci_high:.1f}",
+                      f"{metrics['input_wait_fraction']:.0%}",
+                      f"{ranked.trial.cpu_percent:.0f}" if ranked.trial.cpu_percent is not None else "–")
+    console.print(table)
+    for c in ranking.comparisons:
+        verdict = "significantly faster" if c.significant else "not significantly different"
+        console.print(f"vs {c.reference.trial.role.value}: {c.speedup:.2f}x "
+                      f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {verdict}"
+                      + (" [batch size differs from yours]" if c.batch_size_differs else ""))
+    _print_verdict(console, outcome)
+    failed = [r for r in outcome.results if r.state.value in ("failed",)]
+    if failed:
+        console.print(f"{len(failed)} failed trial(s): see results.csv for reasons")
+    console.print(f"{len(outcome.dropped)} variant(s) dropped before the sweep as invalid (see results.csv)")
+    console.print(f"wrote {paths['results_csv']} and {paths['results_json']}")
+    console.print("best_pipeline.py and report.html are not produced yet (see README: status)")
+
+
+def _print_verdict(console: Console, outcome) -> None:
+    from pipetune.outputs import trial_metrics
+
+    for ranked in outcome.ranking.ranked:
+        if ranked.trial.role.value in ("baseline", "naive"):
+            wait = trial_metrics(ranked.trial, outcome.spec.measure.epochs_planned)["input_wait_fraction"]
+            console.print(f"{ranked.trial.role.value} is {input_bound_band(wait)} input-bound "
+                          f"(input wait {wait:.0%} of step time)")
+            return
+    print("no reference completed: no input-bound verdict", file=sys.stderr)

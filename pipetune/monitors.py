@@ -1,0 +1,404 @@
+"""Background samplers for a burst: the host (psutil) and NVIDIA accelerators (NVML).
+
+One daemon thread polls every ``interval_s`` and stamps each sample with the burst's clock
+(``time.perf_counter_ns``), so samples can be clipped to the timed windows. Nothing here raises
+into the burst: a metric that cannot be read is listed in ``MonitorReport.unavailable``.
+
+NVML's fine-grained utilisation samples (``nvmlDeviceGetSamples``) carry device timestamps in
+microseconds whose epoch we do not rely on (the docs say "CPU timestamp"; others report
+time since boot). At each poll, ``poll_ns - newest_device_us * 1000`` is an upper bound of the
+true offset between the two clocks (the newest sample cannot be younger than the poll); we keep
+the running minimum. A sample is therefore never stamped early, and is stamped late by at most
+the smallest delivery delay seen so far (relative clock drift over a burst is negligible).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from pipetune.results import MonitorReport, MonitorSample
+
+Clock = Callable[[], int]
+MAX_INTERVAL_S = 0.1  # samplers must run at >= 10 Hz
+# An idle GPU stops filling NVML's sample buffer; after this long without a fine sample we take a
+# nvmlDeviceGetUtilizationRates snapshot so idle time reads 0 % instead of vanishing (which would
+# bias the mean upwards). Slightly above NVML's finest utilisation period (1/6 s).
+_UTILIZATION_GAP_NS = 200_000_000
+_VALUE_FIELDS = {"DOUBLE": "dVal", "UNSIGNED_INT": "uiVal", "UNSIGNED_LONG": "ulVal",
+                 "UNSIGNED_LONG_LONG": "ullVal", "SIGNED_LONG_LONG": "sllVal",
+                 "SIGNED_INT": "siVal", "UNSIGNED_SHORT": "usVal"}  # nvmlValue_t union members
+
+
+class _SampleLog:
+    """Samples and reasons, appended by the sampler thread and read by the burst's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: list[MonitorSample] = []
+        self._unavailable: dict[str, str] = {}  # first reason wins; insertion-ordered
+
+    def add(self, t_ns: int, metric: str, value: float) -> None:
+        with self._lock:
+            self._samples.append(MonitorSample(t_ns=t_ns, metric=metric, value=float(value)))
+
+    def mark_unavailable(self, metric: str, reason: str) -> None:
+        with self._lock:
+            self._unavailable.setdefault(metric, reason)
+
+    def is_unavailable(self, metric: str) -> bool:
+        return metric in self._unavailable
+
+    def report(self, accelerator_note: str) -> MonitorReport:
+        with self._lock:
+            return MonitorReport(samples=tuple(self._samples),
+                                 unavailable=tuple(self._unavailable.items()),
+                                 accelerator_note=accelerator_note)
+
+
+class _HostSampler:
+    name = "host"
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+
+    def prime(self) -> None:
+        # cpu_percent(None) measures since the previous call; psutil keeps that state per thread.
+        self._process.cpu_percent(None)
+        psutil.cpu_percent(None, percpu=True)
+
+    def poll(self, log: _SampleLog, clock: Clock) -> None:
+        with self._process.oneshot():
+            process_cpu = self._process.cpu_percent(None)  # all threads; 100 = one core
+            rss = self._process.memory_info().rss
+        per_core = psutil.cpu_percent(None, percpu=True)
+        now = clock()
+        log.add(now, "host.process_cpu_percent", process_cpu)
+        log.add(now, "host.rss_bytes", rss)
+        log.add(now, "host.system_cpu_percent", sum(per_core) / len(per_core))  # 100 = all cores
+        for index, percent in enumerate(per_core):
+            log.add(now, f"host.cpu{index}_percent", percent)
+
+    def record_rss(self, log: _SampleLog, clock: Clock) -> None:
+        log.add(clock(), "host.rss_bytes", self._process.memory_info().rss)
+
+
+# (metric suffix, reader). NVML reports power in mW and PCIe throughput in KB/s.
+_GAUGES: tuple[tuple[str, Callable[[Any, Any], float]], ...] = (
+    ("memory_used_bytes", lambda nvml, h: nvml.nvmlDeviceGetMemoryInfo(h).used),
+    ("power_w", lambda nvml, h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+    ("sm_clock_mhz", lambda nvml, h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
+    ("pcie_rx_kbps",
+     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_RX_BYTES)),
+    ("pcie_tx_kbps",
+     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES)),
+)
+
+
+@dataclass(slots=True)
+class _Device:
+    """Polling state of one GPU; mutated only by the sampler thread."""
+
+    index: int
+    handle: Any
+    fine_samples: bool = True  # nvmlDeviceGetSamples works on this device
+    last_seen_us: int = 0
+    offset_ns: int | None = None  # device µs * 1000 + offset_ns = burst clock
+    last_kernel_ns: int | None = None
+    lost: bool = False
+
+
+class _NvmlSampler:
+    name = "nvml"
+
+    def __init__(self, nvml: Any, handles: list[Any], start_ns: int) -> None:
+        self._nvml = nvml
+        self._devices = [_Device(index, handle) for index, handle in enumerate(handles)]
+        self._start_ns = start_ns
+        self._value_fields = {getattr(nvml, f"NVML_VALUE_TYPE_{kind}"): field
+                              for kind, field in _VALUE_FIELDS.items()}
+
+    def prime(self) -> None:
+        pass
+
+    def poll(self, log: _SampleLog, clock: Clock) -> None:
+        for device in self._devices:
+            if not device.lost:
+                self._poll_device(device, log, clock)
+
+    def note(self) -> str:
+        count = len(self._devices)
+        parts = [f"{count} NVIDIA GPU{'s' if count != 1 else ''} monitored via NVML"]
+        parts += [f"gpu{d.index} kernel-active % from nvmlDeviceGetUtilizationRates "
+                  "(no fine-grained samples)" for d in self._devices if not d.fine_samples]
+        parts += [f"gpu{d.index} was lost mid-burst and its samples stop there"
+                  for d in self._devices if d.lost]
+        return "; ".join(parts)
+
+    def _poll_device(self, device: _Device, log: _SampleLog, clock: Clock) -> None:
+        nvml = self._nvml
+        try:
+            self._poll_kernel_active(device, log, clock)
+            for name, read in _GAUGES:
+                metric = f"gpu{device.index}.{name}"
+                if log.is_unavailable(metric):
+                    continue  # not retried: the answer will not change within a burst
+                try:
+                    log.add(clock(), metric, read(nvml, device.handle))
+                except nvml.NVMLError_GpuIsLost:
+                    raise
+                except nvml.NVMLError as err:
+                    log.mark_unavailable(metric, f"NVML: {err}")
+        except nvml.NVMLError_GpuIsLost as err:
+            device.lost = True
+            log.mark_unavailable(f"gpu{device.index}", f"NVML: {err}; sampling stopped at "
+                                                        f"t_ns={clock()}")
+
+    def _poll_kernel_active(self, device: _Device, log: _SampleLog, clock: Clock) -> None:
+        nvml, metric = self._nvml, f"gpu{device.index}.kernel_active_percent"
+        if log.is_unavailable(metric):
+            return
+        try:
+            if device.fine_samples:
+                self._read_fine_samples(device, metric, log, clock)
+            now = clock()
+            last = device.last_kernel_ns
+            stale = last is None or now - last >= _UTILIZATION_GAP_NS
+            if not device.fine_samples or stale:
+                log.add(now, metric, nvml.nvmlDeviceGetUtilizationRates(device.handle).gpu)
+                device.last_kernel_ns = now
+        except nvml.NVMLError_GpuIsLost:
+            raise
+        except nvml.NVMLError as err:
+            log.mark_unavailable(metric, f"NVML: {err}")
+
+    def _read_fine_samples(self, device: _Device, metric: str, log: _SampleLog,
+                           clock: Clock) -> None:
+        nvml = self._nvml
+        try:
+            value_type, samples = nvml.nvmlDeviceGetSamples(
+                device.handle, nvml.NVML_GPU_UTILIZATION_SAMPLES, device.last_seen_us)
+        except nvml.NVMLError_NotSupported:
+            device.fine_samples = False
+            return
+        except nvml.NVMLError_NotFound:
+            return  # nothing newer than last_seen_us (an idle GPU stops sampling)
+        poll_ns = clock()
+        if not samples:
+            return
+        newest_us = max(sample.timeStamp for sample in samples)
+        offset_bound = poll_ns - newest_us * 1000
+        device.offset_ns = min(offset_bound, device.offset_ns if device.offset_ns is not None
+                               else offset_bound)
+        field = self._value_fields.get(value_type)
+        if field is None:
+            log.mark_unavailable(metric, f"NVML: unknown sample value type {value_type}")
+            return
+        device.last_seen_us = newest_us
+        for sample in samples:
+            t_ns = sample.timeStamp * 1000 + device.offset_ns
+            if t_ns >= self._start_ns:  # the first poll returns the driver's whole backlog
+                log.add(t_ns, metric, getattr(sample.sampleValue, field))
+                device.last_kernel_ns = poll_ns
+
+    def close(self) -> None:
+        _shutdown_quietly(self._nvml)
+
+
+def _shutdown_quietly(nvml: Any) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except nvml.NVMLError:
+        pass  # a lost GPU may refuse; nothing is left to release on our side
+
+
+def _import_nvml(nvml: Any | None) -> tuple[Any | None, str]:
+    if nvml is not None:
+        return nvml, ""
+    try:
+        import pynvml  # nvidia-ml-py; lazy so hosts without it pay nothing
+    except ImportError:
+        return None, "No NVIDIA GPU monitoring (nvidia-ml-py is not installed)"
+    return pynvml, ""
+
+
+def _init_failure_note(nvml: Any, err: Exception) -> str:
+    if isinstance(err, nvml.NVMLError_LibraryNotFound):
+        return "No NVIDIA GPU (NVML library not found)"
+    if isinstance(err, nvml.NVMLError_DriverNotLoaded):
+        return "No NVIDIA GPU (NVIDIA driver not loaded)"
+    return f"No NVIDIA GPU monitoring (NVML: {err})"
+
+
+def _open_nvml(nvml: Any | None) -> tuple[Any | None, list[Any], str]:
+    """Return (module, device handles, note); module is None when NVML cannot be used."""
+    nvml, note = _import_nvml(nvml)
+    if nvml is None:
+        return None, [], note
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as err:
+        return None, [], _init_failure_note(nvml, err)
+    try:
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    except nvml.NVMLError as err:
+        handles, note = [], _init_failure_note(nvml, err)
+    if not handles:
+        _shutdown_quietly(nvml)
+        return None, [], note or "No NVIDIA GPU (NVML found no devices)"
+    return nvml, handles, ""
+
+
+class Monitors:
+    """Samples host and accelerator metrics in one background thread during a burst.
+
+    Args:
+        clock: the burst's clock, in nanoseconds; every sample is stamped with it.
+        interval_s: polling period; at most ``MAX_INTERVAL_S`` (>= 10 Hz).
+        nvml: a ``pynvml``-compatible module; ``None`` imports ``pynvml`` lazily.
+    """
+
+    def __init__(self, clock: Clock = time.perf_counter_ns, interval_s: float = 0.05,
+                 nvml: Any | None = None) -> None:
+        if not 0 < interval_s <= MAX_INTERVAL_S:
+            raise ValueError(f"`0 < interval_s <= {MAX_INTERVAL_S}` must hold (samplers run at "
+                             f">= 10 Hz), but got {interval_s}")
+        self._clock, self._interval_ns = clock, int(interval_s * 1e9)
+        self._nvml_module = nvml
+        self._log = _SampleLog()
+        self._host = _HostSampler()
+        self._accelerator: _NvmlSampler | None = None
+        self._note = ""
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> Monitors:
+        if self._thread is not None:
+            raise RuntimeError("Monitors.start() may be called only once")
+        start_ns = self._clock()
+        try:
+            nvml, handles, self._note = _open_nvml(self._nvml_module)
+        except Exception as err:  # a broken binding must not stop the burst
+            nvml, handles, self._note = None, [], f"No NVIDIA GPU monitoring ({err!r})"
+        if nvml is not None:
+            self._accelerator = _NvmlSampler(nvml, handles, start_ns)
+        self._thread = threading.Thread(target=self._run, name="pipetune-monitors", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> MonitorReport:
+        """Stop sampling (idempotent), release NVML, and return every sample taken."""
+        if self._thread is not None and not self._stopped:
+            self._stopped = True
+            self._halt.set()
+            self._thread.join(timeout=max(1.0, 20 * self._interval_ns / 1e9))
+            if self._thread.is_alive():  # stuck in a driver call; it is a daemon, leave it
+                self._log.mark_unavailable("monitor", "sampler thread did not stop in time")
+            elif self._accelerator is not None:
+                self._accelerator.close()
+            self._guarded(self._host.name, lambda: self._host.record_rss(self._log, self._clock))
+        return self._current_report()
+
+    def report(self, window_start_ns: int, window_end_ns: int) -> MonitorReport:
+        """Samples so far, clipped to one timed window (inclusive, burst clock)."""
+        return clip(self._current_report(), [(window_start_ns, window_end_ns)])
+
+    def __enter__(self) -> Monitors:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _current_report(self) -> MonitorReport:
+        note = self._accelerator.note() if self._accelerator is not None else self._note
+        return self._log.report(note)
+
+    def _run(self) -> None:
+        self._guarded("monitor", self._sample_until_halted)
+
+    def _sample_until_halted(self) -> None:
+        samplers = [s for s in (self._host, self._accelerator) if s is not None]
+        samplers = [s for s in samplers if self._guarded(s.name, s.prime)]
+        next_tick = time.perf_counter_ns()  # scheduling uses real time, whatever clock stamps
+        while True:
+            next_tick += self._interval_ns
+            if self._halt.wait(max(0.0, (next_tick - time.perf_counter_ns()) / 1e9)):
+                return
+            next_tick = max(next_tick, time.perf_counter_ns() - self._interval_ns)  # no bursts
+            samplers = [s for s in samplers
+                        if self._guarded(s.name, lambda s=s: s.poll(self._log, self._clock))]
+
+    def _guarded(self, sampler_name: str, action: Callable[[], None]) -> bool:
+        """Run ``action``; a failure disables that sampler and is recorded, never raised."""
+        try:
+            action()
+        except Exception as err:  # the burst must not die because a sampler did
+            reason = f"sampler stopped: {type(err).__name__}: {err}"
+            self._log.mark_unavailable(sampler_name, reason)
+            return False
+        return True
+
+
+def clip(report: MonitorReport, windows: Iterable[tuple[int, int]]) -> MonitorReport:
+    """Keep the samples stamped inside any of the (start_ns, end_ns) windows, bounds included."""
+    windows = list(windows)
+    for start_ns, end_ns in windows:
+        if end_ns < start_ns:
+            raise ValueError(f"`start_ns <= end_ns` must hold, but got ({start_ns}, {end_ns})")
+    kept = tuple(s for s in report.samples if any(a <= s.t_ns <= b for a, b in windows))
+    return MonitorReport(samples=kept, unavailable=report.unavailable,
+                         accelerator_note=report.accelerator_note)
+
+
+def _values(report: MonitorReport, metric: str) -> list[float]:
+    return [sample.value for sample in report.samples if sample.metric == metric]
+
+
+def mean_metric(report: MonitorReport, metric: str) -> float | None:
+    """Plain mean of a metric's samples (they are evenly spaced), or None without samples."""
+    values = _values(report, metric)
+    return sum(values) / len(values) if values else None
+
+
+def peak_metric(report: MonitorReport, metric: str) -> float | None:
+    values = _values(report, metric)
+    return max(values) if values else None
+
+
+def peak_rss_bytes(report: MonitorReport) -> int | None:
+    """Highest sampled RSS; spikes shorter than the sampling interval can be missed."""
+    peak = peak_metric(report, "host.rss_bytes")
+    return int(peak) if peak is not None else None
+
+
+def _device_facts(nvml: Any, index: int, handle: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {"index": index, "name": None, "compute_capability": None}
+    try:
+        facts["name"] = nvml.nvmlDeviceGetName(handle)
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+        facts["compute_capability"] = f"{major}.{minor}"
+    except nvml.NVMLError:
+        pass  # partial facts beat none; `pipetune env` shows what was read
+    return facts
+
+
+def gpu_environment(nvml: Any | None = None) -> dict[str, Any]:
+    """GPU name, driver and compute capability for ``pipetune env``, or a one-sentence note."""
+    nvml, handles, note = _open_nvml(nvml)
+    if nvml is None:
+        return {"accelerator_note": note, "driver_version": None, "device_count": 0,
+                "devices": []}
+    try:
+        driver = nvml.nvmlSystemGetDriverVersion()
+    except nvml.NVMLError:
+        driver = None
+    devices = [_device_facts(nvml, i, h) for i, h in enumerate(handles)]
+    _shutdown_quietly(nvml)
+    return {"accelerator_note": "", "driver_version": driver, "device_count": len(handles),
+            "devices": devices}

@@ -1,0 +1,253 @@
+"""A Plan: the ordered stages of one tf.data pipeline, rendered as one Python module.
+
+The dataset a trial measures is built by executing ``Plan.render()``, and ``best_pipeline.py``
+is the same text with comments, so what is measured and what is emitted cannot drift apart.
+Values reach the source only through ``repr()`` of validated values.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipetune.render_ops import WAIT_HELPER, render_op
+from pipetune.spec import Call, FeatureSpec, PipelineParams, Sleep, Spec
+
+_TF_TYPES = {"bytes": "tf.string", "int64": "tf.int64", "float32": "tf.float32"}
+_COMPRESSION = {"none": "", "gzip": "GZIP", "zlib": "ZLIB"}
+_AUTOTUNE = "tf.data.AUTOTUNE"
+
+
+@dataclass(frozen=True, slots=True)
+class DataLayout:
+    """Where the TFRecord shards are and what their records hold."""
+
+    file_pattern: str
+    compression: str  # none | gzip | zlib
+    schema: Mapping[str, FeatureSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of ``make_dataset``: its name, whether it draws random numbers, its source."""
+
+    name: str
+    lines: tuple[str, ...]
+    random: bool = False
+    training_only: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_name: str
+    params: PipelineParams
+    data: DataLayout
+    stages: tuple[Stage, ...]
+    definitions: tuple[str, ...] = field(default=())  # module-level source blocks
+    imports: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_variant(cls, spec: Spec, params: PipelineParams, data: DataLayout) -> Plan:
+        """Order the stages: read, prepare (parse + deterministic ops), cache, shuffle,
+        augment (from the first random op on), model inputs, batch, prefetch, options."""
+        ops = spec.ops
+        first_random = next((i for i, op in enumerate(ops) if op.is_random), len(ops))
+        aliases = {i: f"user_fn_{i}" for i, op in enumerate(ops) if isinstance(op, Call)}
+        stages = [_read_stage(params), _map_stage("prepare", params)]
+        if params.cache != "none":
+            stages.append(_cache_stage(params))
+        if params.shuffle_buffer:
+            stages.append(Stage("shuffle", (f"ds = ds.shuffle({params.shuffle_buffer!r})",),
+                                random=True, training_only=True))
+        if first_random < len(ops):
+            stages.append(_map_stage("augment", params, random=True,
+                                     function="lambda example: augment(example, training)"))
+        stages += [_map_stage("to_model_inputs", params), _batch_stage(params), _prefetch_stage(params)]
+        stages.append(Stage("options", ("ds = ds.with_options(make_options())",)))
+        definitions = [
+            _constants(spec, params, data),
+            _function("prepare", "record", ops[:first_random], aliases, start=0,
+                      first_line="example = tf.io.parse_single_example(record, FEATURES)"),
+            _to_inputs(spec),
+            _options_function(params),
+            _precision_function(),
+        ]
+        if first_random < len(ops):
+            definitions.insert(2, _function("augment", "example, training=True", ops[first_random:],
+                                            aliases, start=first_random))
+        if any(isinstance(op, Sleep) for op in ops):
+            definitions.insert(1, WAIT_HELPER.strip("\n"))
+        imports = tuple(_user_import(ops[i], alias) for i, alias in aliases.items())
+        plan = cls(spec.name, params, data, tuple(stages), tuple(definitions), imports)
+        check_cache_before_random(plan.stages)
+        return plan
+
+    @property
+    def uses_sleep(self) -> bool:
+        return any("wait_then_pass" in block for block in self.definitions)
+
+    def render(self, header: str = "", comments: Mapping[str, str] | None = None) -> str:
+        """The module's source. ``comments`` maps a stage name to a one-line comment."""
+        comments = comments or {}
+        stdlib = ["import time"] if self.uses_sleep else []
+        head = [header.rstrip("\n")] if header else []
+        top = head + ["from __future__ import annotations", "", *stdlib, *(["" ] if stdlib else []),
+                      "import keras", "import tensorflow as tf", *self.imports]
+        body = [_make_dataset_signature()]
+        in_training_block = False
+        for stage in self.stages:
+            indent = "        " if stage.training_only else "    "
+            if stage.training_only and not in_training_block:
+                body.append("    if training:")
+            in_training_block = stage.training_only
+            if stage.name in comments:
+                body.append(indent + "# " + one_line(comments[stage.name]))
+            body += [indent + line for line in stage.lines]
+        body.append("    return ds")
+        blocks = ["\n".join(top), *self.definitions, "\n".join(body)]
+        return "\n\n\n".join(blocks) + "\n"
+
+    def build_namespace(self) -> dict[str, object]:
+        """Execute the rendered module and return its namespace (``make_dataset`` etc.)."""
+        module = types.ModuleType("pipetune_plan")
+        exec(compile(self.render(), f"<pipetune plan {self.spec_name}>", "exec"), module.__dict__)
+        return module.__dict__
+
+
+def one_line(text: str) -> str:
+    """Text safe inside a ``#`` comment: no line breaks of any kind can escape it."""
+    return " ".join(str(text).split())
+
+
+def check_cache_before_random(stages: Sequence[Stage]) -> None:
+    """Guard for the validity rule: a cache after a random stage would freeze its randomness."""
+    seen_random = False
+    for stage in stages:
+        if stage.random:
+            seen_random = True
+        if stage.name == "cache" and seen_random:
+            raise ValueError("a cache after a random op would replay one draw of it every epoch")
+
+
+def _num(value: int | str) -> str:
+    return _AUTOTUNE if value == "autotune" else repr(value)
+
+
+def _read_stage(params: PipelineParams) -> Stage:
+    files = "files = tf.data.Dataset.list_files(file_pattern, shuffle=False)"
+    if params.interleave_cycle == 1:
+        return Stage("read", (files, "ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION)"))
+    parallel = _AUTOTUNE if params.interleave_parallel else "None"
+    return Stage("read", (
+        files,
+        "ds = files.interleave(",
+        "    lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),",
+        f"    cycle_length={_num(params.interleave_cycle)},",
+        f"    block_length={params.interleave_block!r},",
+        f"    num_parallel_calls={parallel},",
+        f"    deterministic={params.deterministic!r},",
+        ")",
+    ))
+
+
+def _map_stage(name: str, params: PipelineParams, random: bool = False, function: str = "") -> Stage:
+    line = (f"ds = ds.map({function or name}, num_parallel_calls={_num(params.map_parallel)}, "
+            f"deterministic={params.deterministic!r})")
+    return Stage(name, (line,), random=random)
+
+
+def _cache_stage(params: PipelineParams) -> Stage:
+    line = "ds = ds.cache()" if params.cache == "memory" else "ds = ds.cache(cache_path)"
+    return Stage("cache", (line,))
+
+
+def _batch_stage(params: PipelineParams) -> Stage:
+    return Stage("batch", (f"ds = ds.batch({params.batch_size!r}, "
+                           f"drop_remainder={params.drop_remainder!r})",))
+
+
+def _prefetch_stage(params: PipelineParams) -> Stage:
+    if params.prefetch == 0:
+        return Stage("prefetch", ("# no prefetch",))
+    return Stage("prefetch", (f"ds = ds.prefetch({_num(params.prefetch)})",))
+
+
+def _constants(spec: Spec, params: PipelineParams, data: DataLayout) -> str:
+    features = "\n".join(
+        f"    {name!r}: tf.io.FixedLenFeature({list(f.shape)!r}, {_TF_TYPES[f.type]}),"
+        for name, f in data.schema.items()
+    )
+    return "\n".join([
+        f"FILE_PATTERN = {data.file_pattern!r}",
+        f"COMPRESSION = {_COMPRESSION[data.compression]!r}",
+        f"CACHE_PATH = {'pipetune-cache-' + spec.name!r}  # used only by a disk cache",
+        f"PRECISION_POLICY = {params.precision!r}",
+        "FEATURES = {", features, "}",
+    ])
+
+
+def _function(name: str, argument: str, ops: Sequence, aliases: Mapping[int, str], start: int,
+              first_line: str = "") -> str:
+    """A map function; random ops run only ``if training`` (decided when tf.data traces it)."""
+    lines = [f"def {name}({argument}):", "    " + (first_line or "example = dict(example)")]
+    for offset, op in enumerate(ops):
+        indent = "        " if op.is_random else "    "
+        if op.is_random:
+            lines.append("    if training:")
+        lines += [indent + line for line in render_op(op, aliases.get(start + offset, ""))]
+    lines.append("    return example")
+    return "\n".join(lines)
+
+
+def _to_inputs(spec: Spec) -> str:
+    keys = spec.inputs.feature_keys
+    if len(keys) == 1:
+        features = f"example[{keys[0]!r}]"
+    else:
+        columns = ", ".join(f"tf.cast(example[{k!r}], tf.float32)" for k in keys)
+        features = f"tf.stack([{columns}], axis=-1)"
+    return "\n".join([
+        "def to_model_inputs(example):",
+        f"    return {features}, example[{spec.inputs.label!r}]",
+    ])
+
+
+def _options_function(params: PipelineParams) -> str:
+    lines = [
+        "def make_options():",
+        "    options = tf.data.Options()",
+        f"    options.deterministic = {params.deterministic!r}",
+        f"    options.experimental_optimization.map_and_batch_fusion = {params.map_and_batch_fusion!r}",
+    ]
+    if params.private_threadpool_size:
+        lines.append(f"    options.threading.private_threadpool_size = {params.private_threadpool_size!r}")
+    if params.autotune_ram_budget_mb:
+        lines.append(f"    options.autotune.ram_budget = {params.autotune_ram_budget_mb * 2**20!r}")
+    if params.autotune_cpu_budget:
+        lines.append(f"    options.autotune.cpu_budget = {params.autotune_cpu_budget!r}")
+    lines.append("    return options")
+    return "\n".join(lines)
+
+
+def _precision_function() -> str:
+    return "\n".join([
+        "def apply_precision_policy():",
+        '    """Set the Keras mixed-precision policy this pipeline was measured with.',
+        "",
+        "    Call it once, before building the model. Keep the model's output layer float32.",
+        '    """',
+        "    keras.mixed_precision.set_global_policy(PRECISION_POLICY)",
+    ])
+
+
+def _make_dataset_signature() -> str:
+    return "\n".join([
+        "def make_dataset(file_pattern=FILE_PATTERN, training=True, cache_path=CACHE_PATH):",
+        '    """The measured tf.data pipeline; ``training=False`` skips shuffling and random ops."""',
+    ])
+
+
+def _user_import(op: Call, alias: str) -> str:
+    module, _, function = op.fn.partition(":")
+    return f"from {module} import {function} as {alias}"

@@ -1,0 +1,222 @@
+"""The search: which variants to measure, in what order, for how long; stored in an Optuna study.
+
+Strategies:
+  grid     every valid variant, full bursts.
+  halving  successive halving: every variant gets a short burst (rung 0), the best third
+           (by median) a full one (rung 1). Synchronous, so every worker promotes the same set.
+  tpe      Optuna's TPE sampler proposes variants until the budget is spent.
+  auto     grid when the valid space fits the budget, halving otherwise.
+
+The reference variants are always measured in full, first. Each measurement is claimed in
+the study's database before it runs (``claims.py``), so workers sharing one storage URL split
+the work and never measure a variant twice; every finished measurement is stored as an Optuna
+trial with the raw result attached, so ``--resume`` loses and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import optuna
+
+from pipetune import stats
+from pipetune.claims import ClaimBoard
+from pipetune.results import Role, TrialResult, TrialState
+from pipetune.serialize import trial_from_json, trial_to_json
+from pipetune.space import Variant
+
+SHORT_RUNG, FULL_RUNG = 0, 1
+PROMOTE_FRACTION = 1 / 3
+
+Measure = Callable[[Variant, int], TrialResult]  # (variant, steps) -> result
+
+
+@dataclass
+class SearchState:
+    """What one worker knows while it searches. Reloaded from storage at every decision."""
+
+    study: optuna.Study
+    board: ClaimBoard
+    measure: Measure
+    full_steps: int
+    deadline: float
+    objective: str
+    epochs: int
+    seed: int = 0
+    on_event: Callable[[str, Variant, int], None] = lambda what, variant, rung: None
+    skipped: dict[str, str] = field(default_factory=dict)  # key -> why it was not run
+
+    def results(self) -> dict[tuple[str, int], TrialResult]:
+        """Every stored measurement, by (variant key, rung)."""
+        found = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            text = trial.user_attrs.get("result")
+            if text:
+                found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
+        return found
+
+
+def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Study:
+    direction = "maximize" if objective == "throughput" else "minimize"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=storage_url, study_name=study_name, direction=direction,
+                               load_if_exists=True)
+
+
+def run(state: SearchState, strategy: str, references: list[Variant],
+        candidates: list[Variant]) -> str:
+    """Measure the references, then the candidates by ``strategy``. Returns the strategy used."""
+    reference_keys = {v.key for v in references}
+    candidates = [v for v in candidates if v.key not in reference_keys]
+    _measure_all(state, references, FULL_RUNG, ignore_budget=True)
+    if strategy == "auto":
+        strategy = choose_strategy(state, len(candidates))
+    order = _seeded_order(candidates, state.seed)
+    if strategy == "grid":
+        _measure_all(state, order, FULL_RUNG)
+    elif strategy == "halving":
+        _halving(state, order)
+    elif strategy == "tpe":
+        _tpe(state, order)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return strategy
+
+
+def choose_strategy(state: SearchState, candidates: int) -> str:
+    """Grid if every candidate's full burst fits the remaining budget, as the references took."""
+    durations = [r.environment.get("trial_wall_s", 0.0) for r in state.results().values()]
+    per_trial = max(durations, default=0.0) or 10.0
+    remaining = state.deadline - time.time()
+    return "grid" if candidates * per_trial <= remaining else "halving"
+
+
+def _measure_all(state: SearchState, variants: list[Variant], rung: int,
+                 ignore_budget: bool = False) -> None:
+    """Claim and measure every variant not yet measured at ``rung``; then wait for other workers."""
+    steps = state.full_steps if rung == FULL_RUNG else max(3, state.full_steps // 4)
+    for variant in variants:
+        if not ignore_budget and time.time() > state.deadline:
+            for rest in variants:
+                if (rest.key, rung) not in state.results():
+                    state.skipped.setdefault(rest.key, "not run: the time budget was spent")
+            return
+        _measure_one(state, variant, rung, steps)
+    _wait_for_others(state, variants, rung, steps)
+
+
+def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) -> bool:
+    if not state.board.try_claim(variant.key, rung):
+        return False
+    if (variant.key, rung) in state.results():  # finished by a worker that died before marking done
+        state.board.mark_done(variant.key, rung)
+        return False
+    from pipetune.claims import Claim
+
+    state.board.beat_for(Claim(variant.key, rung))
+    state.on_event("start", variant, rung)
+    started = time.time()
+    try:
+        result = state.measure(variant, steps)
+    finally:
+        state.board.beat_for(None)
+    result = replace(result, role=variant.role,
+                     environment={**result.environment, "trial_wall_s": time.time() - started, "rung": rung})
+    _store(state, variant, rung, result)
+    state.board.mark_done(variant.key, rung)
+    state.on_event("end", variant, rung)
+    return True
+
+
+def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult) -> None:
+    attrs = {"variant_key": variant.key, "rung": rung, "role": variant.role.value,
+             "state": result.state.value, "reason": result.reason, "result": trial_to_json(result)}
+    value = _objective_value(state, result)
+    trial_state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+    state.study.add_trial(optuna.trial.create_trial(state=trial_state, value=value, user_attrs=attrs))
+
+
+def _objective_value(state: SearchState, result: TrialResult) -> float | None:
+    if result.state is not TrialState.COMPLETE or not result.repeats:
+        return None
+    if state.objective == "throughput":
+        return stats.median_iqr(stats.repeat_throughputs(result))[0]
+    return stats.median_iqr(stats.repeat_time_to_train_s(result, state.epochs))[0]
+
+
+def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, steps: int) -> None:
+    """Block until every claimed variant of this rung is done; take over those of dead workers."""
+    pending = [v for v in variants if v.key not in state.skipped]
+    while pending:
+        pending = [v for v in pending if not state.board.is_done(v.key, rung)
+                   and not _measure_one(state, v, rung, steps)]
+        if pending:
+            time.sleep(1.0)
+
+
+def _halving(state: SearchState, order: list[Variant]) -> None:
+    _measure_all(state, order, SHORT_RUNG)
+    results = state.results()
+    scored = [(v, _objective_value(state, results[(v.key, SHORT_RUNG)]))
+              for v in order if (v.key, SHORT_RUNG) in results]
+    measured = [(v, value) for v, value in scored if value is not None]
+    better_first = sorted(measured, key=lambda item: (item[1], item[0].key),
+                          reverse=state.objective == "throughput")
+    keep = max(1, round(len(better_first) * PROMOTE_FRACTION))
+    promoted = [v for v, _ in better_first[:keep]]
+    _measure_all(state, promoted, FULL_RUNG)
+
+
+def _tpe(state: SearchState, order: list[Variant]) -> None:
+    """Optuna's TPE over the index of the valid variants, in a seeded order."""
+    sampler = optuna.samplers.TPESampler(seed=state.seed)
+    local = optuna.create_study(sampler=sampler, direction=state.study.direction)
+    distribution = optuna.distributions.IntDistribution(0, len(order) - 1)
+    seen: set[int] = set()
+    while time.time() < state.deadline and len(seen) < len(order):
+        trial = local.ask({"variant": distribution})
+        index = trial.params["variant"]
+        if index in seen:
+            local.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        seen.add(index)
+        variant = order[index]
+        _measure_one(state, variant, FULL_RUNG, state.full_steps)
+        result = state.results().get((variant.key, FULL_RUNG))
+        value = _objective_value(state, result) if result else None
+        local.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
+    for variant in order:
+        if (variant.key, FULL_RUNG) not in state.results():
+            state.skipped.setdefault(variant.key, "not run: not proposed by TPE within the budget")
+
+
+def _seeded_order(variants: list[Variant], seed: int) -> list[Variant]:
+    order = sorted(variants, key=lambda v: v.key)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def final_results(state: SearchState) -> list[TrialResult]:
+    """One result per variant: the full burst if it had one; a short-only one is PRUNED."""
+    results = state.results()
+    full = {key: r for (key, rung), r in results.items() if rung == FULL_RUNG}
+    out = list(full.values())
+    for (key, rung), result in results.items():
+        if rung == SHORT_RUNG and key not in full:
+            reason = result.reason or "stopped after the short burst (successive halving): not in the best third"
+            state_ = TrialState.PRUNED if result.state is TrialState.COMPLETE else result.state
+            out.append(replace(result, state=state_, reason=reason))
+    return out
+
+
+def skipped_results(state: SearchState, variants: dict[str, Variant]) -> list[TrialResult]:
+    return [TrialResult(key=key, role=variants[key].role, params=variants[key].params.model_dump(),
+                        state=TrialState.SKIPPED, reason=reason, batch_size=variants[key].params.batch_size)
+            for key, reason in sorted(state.skipped.items()) if key in variants]
+
+
+def role_of(results: list[TrialResult], key: str) -> Role | None:
+    return next((r.role for r in results if r.key == key), None)

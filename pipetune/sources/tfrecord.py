@@ -1,0 +1,110 @@
+"""Existing TFRecord files (a sorted glob) of tf.train.Example records with declared features.
+
+Resharding copies every record's raw bytes once; only the first record is parsed, to check
+the declared features against what the files hold.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipetune.errors import SourceError
+from pipetune.sources.common import LIST_FIELD, Inspection, Problem, Schema
+from pipetune.sources.shards import tf_compression
+from pipetune.spec import FeatureSpec, Spec, TFRecordSource
+
+_GLOB_MAGIC = frozenset("*?[")
+
+
+def schema_of(spec: Spec) -> Schema:
+    """The declared features; nothing is read."""
+    return dict(_source(spec).features)
+
+
+def inspect(spec: Spec) -> Inspection:
+    """Globs the files (sorted) and reports a glob that matches nothing or only empty files."""
+    source = _source(spec)
+    pattern = spec.resolve(source.files)
+    files = tuple(Path(p) for p in sorted(glob.glob(str(pattern), recursive=True)) if Path(p).is_file())
+    problems: list[Problem] = []
+    if not files:
+        problems.append(
+            (("source", "files"), f"glob {source.files!r} matches no file (looked in {_fixed_prefix(pattern)})")
+        )
+    elif all(path.stat().st_size == 0 for path in files):
+        problems.append(
+            (("source", "files"), f"glob {source.files!r} matches {len(files)} files, but all are empty")
+        )
+    return Inspection(schema=schema_of(spec), problems=tuple(problems), inputs=files)
+
+
+def records(spec: Spec, inspection: Inspection) -> Iterator[bytes]:
+    """Every record of every file, in file order, as raw bytes; the first one is checked."""
+    source = _source(spec)
+    first = True
+    for path in inspection.inputs:
+        for record in _read_file(path, source.compression):
+            if first:
+                check_record(record, path, source.features)
+                first = False
+            yield record
+
+
+def _read_file(path: Path, compression: str) -> Iterator[bytes]:
+    import tensorflow as tf
+
+    dataset = tf.data.TFRecordDataset(str(path), compression_type=tf_compression(compression))
+    count = 0
+    try:
+        for record in dataset.as_numpy_iterator():
+            count += 1
+            yield record
+    except tf.errors.DataLossError as err:
+        raise SourceError(
+            f"{path}: corrupt record after {count} good records (is source.compression "
+            f"{compression!r} right?): {err.message}"
+        ) from err
+
+
+def check_record(record: bytes, path: Path, features: dict[str, FeatureSpec]) -> None:
+    """Raises SourceError unless ``record`` is an Example holding every declared feature."""
+    import google.protobuf.message
+    import tensorflow as tf
+
+    try:
+        present = tf.train.Example.FromString(record).features.feature
+    except google.protobuf.message.DecodeError as err:
+        raise SourceError(f"{path}: the first record is not a tf.train.Example ({err})") from err
+    for name, spec in features.items():
+        if name not in present:
+            raise SourceError(
+                f"{path}: declared feature {name!r} is not in the first record, "
+                f"which has {sorted(present)}"
+            )
+        kind = present[name].WhichOneof("kind")
+        count = len(getattr(present[name], kind).value) if kind else 0
+        expected = math.prod(spec.shape)
+        if kind != LIST_FIELD[spec.type] or count != expected:
+            raise SourceError(
+                f"{path}: feature {name!r} is declared {spec.type} of shape {spec.shape} "
+                f"({expected} values), but the first record holds {kind or 'no list'} "
+                f"with {count} values"
+            )
+
+
+def _fixed_prefix(pattern: Path) -> Path:
+    """The folder a glob looks in: its leading parts without wildcards, made absolute."""
+    fixed = Path(pattern.anchor) if pattern.is_absolute() else Path()
+    for part in pattern.parent.parts[len(fixed.parts) :]:
+        if _GLOB_MAGIC & set(part):
+            break
+        fixed /= part
+    return fixed.resolve()
+
+
+def _source(spec: Spec) -> TFRecordSource:
+    assert isinstance(spec.source, TFRecordSource), spec.source.kind
+    return spec.source

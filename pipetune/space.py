@@ -1,0 +1,197 @@
+"""The search space as data: variants, the reference variants, and the validity rules.
+
+A variant is a point of the space (``PipelineParams``) plus the role it plays in the sweep.
+Invalid points are never run: they are dropped before the sweep with a reason a user can read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pipetune.device import Device
+from pipetune.results import Role
+from pipetune.spec import DecodeImage, Normalize, PipelineParams, Resize, Spec
+
+# Parameters that mean nothing without interleave; pinned so equal pipelines get one key.
+_INTERLEAVE_ONLY = ("interleave_block", "interleave_parallel")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    params: PipelineParams
+    role: Role = Role.CANDIDATE
+
+    @property
+    def key(self) -> str:
+        return variant_key(self.params)
+
+    @property
+    def label(self) -> str:
+        return self.role.value if self.role is not Role.CANDIDATE else self.key
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A point of the space that will not run, and why."""
+
+    params: PipelineParams
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return variant_key(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceFacts:
+    """What the validity rules need to know beyond the spec."""
+
+    device: Device
+    cache_bytes_estimate: int | None = None  # decoded size of the cached dataset
+    ram_budget_bytes: int = 8 * 2**30
+
+
+def variant_key(params: PipelineParams) -> str:
+    """Canonical key: a hash of the sorted parameters. Equal pipelines have equal keys."""
+    text = json.dumps(canonical(params).model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def canonical(params: PipelineParams) -> PipelineParams:
+    """Pin parameters that have no effect, so two spellings of one pipeline are one variant."""
+    if params.interleave_cycle == 1:
+        defaults = PipelineParams()
+        return params.model_copy(update={k: getattr(defaults, k) for k in _INTERLEAVE_ONLY})
+    return params
+
+
+def reference_variants(spec: Spec, device: Device) -> list[Variant]:
+    """``naive``, ``autotune-default`` and, if the spec has one, the user's ``baseline``.
+
+    Both built-in references keep the first searched value of the dimensions they do not
+    define (shards, batch size, shuffle buffer, precision), so they differ from the candidates
+    only in how the pipeline runs.
+    """
+    first = {name: values[0] for name, values in spec.search.space.dimensions().items()}
+    base = PipelineParams(**first).model_copy(update={"cache": "none", "precision": "float32"})
+    naive = base.model_copy(update={
+        "interleave_cycle": 1, "map_parallel": 1, "prefetch": 0, "private_threadpool_size": 0,
+    })
+    autotune = base.model_copy(update={
+        "interleave_cycle": "autotune" if base.shards > 1 else 1, "interleave_parallel": True,
+        "map_parallel": "autotune", "prefetch": "autotune",
+    })
+    variants = [Variant(canonical(naive), Role.NAIVE), Variant(canonical(autotune), Role.AUTOTUNE_DEFAULT)]
+    if spec.baseline is not None:
+        variants.append(Variant(canonical(spec.baseline), Role.BASELINE))
+    return variants
+
+
+def enumerate_space(spec: Spec, facts: SpaceFacts) -> tuple[list[Variant], list[Dropped]]:
+    """Every valid candidate of the spec's space (deduplicated), and the dropped points."""
+    dims = spec.search.space.dimensions()
+    valid: dict[str, Variant] = {}
+    dropped: dict[str, Dropped] = {}
+    for values in itertools.product(*dims.values()):
+        params = canonical(PipelineParams(**dict(zip(dims, values))))
+        key = variant_key(params)
+        if key in valid or key in dropped:
+            continue
+        reason = first_problem(params, facts)
+        if reason:
+            dropped[key] = Dropped(params, reason)
+        else:
+            valid[key] = Variant(params)
+    return list(valid.values()), list(dropped.values())
+
+
+Rule = Callable[[PipelineParams, SpaceFacts], "str | None"]
+
+
+def interleave_over_one_shard(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    if params.shards == 1 and params.interleave_cycle != 1:
+        return "interleave over a single shard reads one file: nothing to interleave"
+    return None
+
+
+def precision_too_slow(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    return facts.device.precision_problem(params.precision)
+
+
+def memory_cache_over_budget(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    estimate = facts.cache_bytes_estimate
+    if params.cache == "memory" and estimate is not None and estimate > facts.ram_budget_bytes:
+        return (f"memory cache needs about {estimate / 2**30:.1f} GiB, more than the RAM budget "
+                f"of {facts.ram_budget_bytes / 2**30:.1f} GiB")
+    return None
+
+
+RULES: tuple[Rule, ...] = (interleave_over_one_shard, precision_too_slow, memory_cache_over_budget)
+
+
+def first_problem(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    """The first validity rule ``params`` breaks, or None. (Cache placement is checked by the plan.)"""
+    for rule in RULES:
+        reason = rule(params, facts)
+        if reason:
+            return reason
+    return None
+
+
+def estimate_cache_bytes(spec: Spec, num_examples: int, mean_record_bytes: float) -> int:
+    """Rough decoded size of everything a cache would hold, from the source manifest.
+
+    Walks the deterministic ops before the first random op: a decoded image of known size is
+    H*W*C bytes, a resize makes float32 H*W*C*4, normalize turns the tensor into float32. An
+    image of unknown size is taken as 10x its encoded size (a typical JPEG ratio).
+    """
+    sizes = {"__record__": mean_record_bytes}
+    shapes: dict[str, tuple[int, int, int]] = {}
+    known = getattr(spec.source, "image_size", None)
+    for op in spec.ops:
+        if op.is_random:
+            break
+        if isinstance(op, DecodeImage):
+            if known:
+                shapes[op.key] = (known[0], known[1], op.channels)
+                sizes[op.key] = known[0] * known[1] * op.channels
+            else:
+                sizes[op.key] = 10 * mean_record_bytes
+        elif isinstance(op, Resize):
+            channels = shapes.get(op.key, (0, 0, 3))[2]
+            shapes[op.key] = (op.size[0], op.size[1], channels)
+            sizes[op.key] = op.size[0] * op.size[1] * channels * 4
+        elif isinstance(op, Normalize) and op.key in shapes:
+            h, w, c = shapes[op.key]
+            sizes[op.key] = h * w * c * 4
+    return int(num_examples * sum(sizes.values()))
+
+
+def describe(params: PipelineParams) -> str:
+    """A short plain-words description, e.g. for the report and the terminal table."""
+    parts = [f"{params.shards} shard{'s' if params.shards != 1 else ''}"]
+    parts.append("sequential read" if params.interleave_cycle == 1
+                 else f"interleave {params.interleave_cycle}")
+    parts.append(f"map x{params.map_parallel}")
+    if params.cache != "none":
+        parts.append(f"{params.cache} cache")
+    if params.shuffle_buffer:
+        parts.append(f"shuffle {params.shuffle_buffer}")
+    parts.append(f"batch {params.batch_size}")
+    parts.append("no prefetch" if params.prefetch == 0 else f"prefetch {params.prefetch}")
+    if params.precision != "float32":
+        parts.append(params.precision)
+    return ", ".join(parts)
+
+
+def differing(a: PipelineParams, b: PipelineParams) -> list[str]:
+    """Names of the parameters where two variants differ."""
+    return [name for name in PipelineParams.model_fields if getattr(a, name) != getattr(b, name)]
+
+
+def all_dimensions() -> Iterable[str]:
+    return PipelineParams.model_fields.keys()

@@ -1,0 +1,189 @@
+"""Pure measurement arithmetic: throughput, spread, bootstrap intervals, input wait.
+
+No TensorFlow and no pandas: every number a report shows can be recomputed from the raw
+timestamps in :mod:`pipetune.results` with these functions alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pipetune.results import TrialResult
+
+NS_PER_S = 1_000_000_000
+# TF Profiler bands for the input-wait fraction.
+MODERATELY_INPUT_BOUND = 0.05
+HIGHLY_INPUT_BOUND = 0.20
+
+Statistic = Callable[..., np.ndarray]  # reduces the last axis, like np.median(a, axis=-1)
+
+
+def throughput(examples: int, seconds: float) -> float:
+    """Examples per second. Raises ValueError unless ``seconds > 0``."""
+    if seconds <= 0:
+        raise ValueError(f"`seconds > 0` must hold, but got {seconds}")
+    return examples / seconds
+
+
+def median_iqr(values: Sequence[float]) -> tuple[float, float, float]:
+    """Returns ``(median, q1, q3)`` with numpy's default linear interpolation."""
+    array = _non_empty(values, "values")
+    median, q1, q3 = np.percentile(array, [50, 25, 75])
+    return float(median), float(q1), float(q3)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    statistic: Statistic = np.median,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic(values)``.
+
+    Args:
+        values: The observations, e.g. one throughput per repeat.
+        statistic: Reduces the last axis of an array (called as ``statistic(a, axis=-1)``),
+            like ``np.median`` or ``np.mean``.
+        confidence: Two-sided coverage in (0, 1).
+        resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling; the same seed gives the same interval.
+
+    Returns:
+        ``(low, high)``, always containing ``statistic(values)``; ``(v, v)`` for one value.
+    """
+    array = _non_empty(values, "values")
+    _check_confidence(confidence, resamples)
+    point = float(statistic(array, axis=-1))
+    rng = np.random.default_rng(seed)
+    estimates = statistic(_resample(array, resamples, rng), axis=-1)
+    return _percentile_interval(estimates, point, confidence)
+
+
+def ratio_ci(
+    numerator_values: Sequence[float],
+    denominator_values: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Ratio of medians with a percentile bootstrap interval.
+
+    Both samples are resampled independently (the repeats of two trials are not paired).
+
+    Returns:
+        ``(ratio, low, high)`` with ``ratio = median(numerator) / median(denominator)``.
+
+    Raises:
+        ValueError: A sample is empty or a denominator value is not positive.
+    """
+    numerator = _non_empty(numerator_values, "numerator_values")
+    denominator = _non_empty(denominator_values, "denominator_values")
+    if np.any(denominator <= 0):
+        raise ValueError(f"every denominator value must be > 0, but got {denominator.tolist()}")
+    _check_confidence(confidence, resamples)
+    point = float(np.median(numerator) / np.median(denominator))
+    rng = np.random.default_rng(seed)
+    numerator_medians = np.median(_resample(numerator, resamples, rng), axis=-1)
+    denominator_medians = np.median(_resample(denominator, resamples, rng), axis=-1)
+    low, high = _percentile_interval(numerator_medians / denominator_medians, point, confidence)
+    return point, low, high
+
+
+def input_wait_fraction(wait_ns: Sequence[int], wall_ns: int) -> float:
+    """Share of the window's wall time spent blocked in ``next()``, clipped to [0, 1]."""
+    if wall_ns <= 0:
+        raise ValueError(f"`wall_ns > 0` must hold, but got {wall_ns}")
+    return min(1.0, max(0.0, sum(wait_ns) / wall_ns))
+
+
+def input_bound_band(fraction: float) -> str:
+    """TF Profiler band: "not" (< 5%), "moderately" (5% to < 20%) or "highly" (>= 20%)."""
+    if fraction < MODERATELY_INPUT_BOUND:
+        return "not"
+    if fraction < HIGHLY_INPUT_BOUND:
+        return "moderately"
+    return "highly"
+
+
+def projected_time_s(fill_s: float | None, steady_epoch_s: float, epochs: int) -> float:
+    """Projected training time: ``fill + (epochs - 1) * steady``, or ``epochs * steady``.
+
+    The cache-filling pass *is* the first epoch of a cached variant, so a cache only wins
+    when the planned epochs amortise its fill.
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs >= 1` must hold, but got {epochs}")
+    if fill_s is None:
+        return epochs * steady_epoch_s
+    return fill_s + (epochs - 1) * steady_epoch_s
+
+
+def repeat_throughputs(trial: TrialResult) -> list[float]:
+    """Examples per second of each timed repeat of ``trial``."""
+    return [throughput(r.examples, r.wall_ns / NS_PER_S) for r in trial.repeats]
+
+
+def repeat_wait_fractions(trial: TrialResult) -> list[float]:
+    """Input-wait fraction of each timed repeat of ``trial``."""
+    return [input_wait_fraction(r.wait_ns, r.wall_ns) for r in trial.repeats]
+
+
+def repeat_time_to_train_s(trial: TrialResult, epochs: int) -> list[float]:
+    """Projected seconds to train ``epochs`` epochs, one value per timed repeat.
+
+    A repeat's steady epoch is ``steps_per_epoch`` steps at its mean wall time per step;
+    the fill pass (cached variants) is measured once and shared by every repeat.
+    """
+    if trial.steps_per_epoch <= 0:
+        raise ValueError(
+            f"`steps_per_epoch > 0` must hold to project time to train, "
+            f"but got {trial.steps_per_epoch} for trial {trial.key!r}"
+        )
+    fill_s = None if trial.fill_ns is None else trial.fill_ns / NS_PER_S
+    times = []
+    for repeat in trial.repeats:
+        steady_epoch_s = trial.steps_per_epoch * repeat.wall_ns / NS_PER_S / len(repeat.step_ns)
+        times.append(projected_time_s(fill_s, steady_epoch_s, epochs))
+    return times
+
+
+def trial_wait_fraction(trial: TrialResult) -> float:
+    """Input-wait fraction of ``trial`` pooled over its repeats (total wait / total wall)."""
+    if not trial.repeats:
+        raise ValueError(f"trial {trial.key!r} has no timed repeats")
+    total_wait_ns = sum(sum(r.wait_ns) for r in trial.repeats)
+    total_wall_ns = sum(r.wall_ns for r in trial.repeats)
+    return input_wait_fraction([total_wait_ns], total_wall_ns)
+
+
+def _non_empty(values: Sequence[float], name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"`{name}` must be a non-empty 1-D sequence, but got {values!r}")
+    return array
+
+
+def _check_confidence(confidence: float, resamples: int) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"`0 < confidence < 1` must hold, but got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"`resamples >= 1` must hold, but got {resamples}")
+
+
+def _resample(array: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``resamples`` rows, each ``len(array)`` draws with replacement."""
+    return array[rng.integers(0, array.size, size=(resamples, array.size))]
+
+
+def _percentile_interval(
+    estimates: np.ndarray, point: float, confidence: float
+) -> tuple[float, float]:
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(estimates, [tail, 100 - tail])
+    # A percentile interval can miss its own point estimate (skewed or discrete bootstrap
+    # distributions with few repeats). Ranking and reports read "median inside its interval"
+    # as given, so widen the interval to include the point rather than show a contradiction.
+    return min(float(low), point), max(float(high), point)

@@ -1,0 +1,120 @@
+"""Run one variant in an isolated child process; whatever happens there becomes data.
+
+Trials never share state (Keras' precision policy is global, caches hold memory, tf.data
+thread pools persist), so each runs in a fresh ``spawn``ed process. The parent enforces the
+timeout and the RAM budget and turns a crash, an OOM, a timeout or a corrupt record into a
+FAILED ``TrialResult`` with a readable reason. The parent never dies with its child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from pipetune.plan import DataLayout
+from pipetune.results import Role, TrialResult, TrialState
+from pipetune.spec import PipelineParams, Spec
+
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRequest:
+    """Everything a child process needs to measure one variant. Picklable."""
+
+    spec: Spec
+    params: PipelineParams
+    role: Role
+    key: str
+    data: DataLayout
+    num_examples: int
+    mode: str  # train | input | simulate
+    warmup_steps: int
+    steps: int
+    repeats: int
+    monitor_interval_s: float = 0.05
+
+
+def failed(request: TrialRequest, reason: str, **measured: object) -> TrialResult:
+    return TrialResult(key=request.key, role=request.role, params=request.params.model_dump(),
+                       state=TrialState.FAILED, reason=reason,
+                       batch_size=request.params.batch_size, budget_steps=request.steps, **measured)
+
+
+def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,
+              work_dir: Path | None = None) -> TrialResult:
+    """Measure ``request`` in a child process. Never raises for anything the child does."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"trial-{request.key}-", dir=work_dir))
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    from pipetune.trial_child import child_main
+
+    process = context.Process(target=child_main, args=(request, str(scratch), sender), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        return _supervise(request, process, receiver, timeout_s, ram_budget_bytes)
+    finally:
+        _stop(process)
+        receiver.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _supervise(request: TrialRequest, process: multiprocessing.Process, receiver, timeout_s: float,
+               ram_budget_bytes: int) -> TrialResult:
+    deadline = time.monotonic() + timeout_s
+    peak_rss = 0
+    while True:
+        if receiver.poll(_POLL_S):
+            try:
+                status, payload = receiver.recv()
+            except EOFError:
+                break  # the child died mid-send
+            if status == "ok":
+                return payload
+            return failed(request, payload, peak_rss_bytes=peak_rss or None)
+        if not process.is_alive():
+            break
+        peak_rss = max(peak_rss, _tree_rss(process.pid))
+        if peak_rss > ram_budget_bytes:
+            return failed(request, f"out of memory: used {peak_rss / 2**30:.2f} GiB, more than the "
+                                   f"RAM budget of {ram_budget_bytes / 2**30:.2f} GiB",
+                          peak_rss_bytes=peak_rss)
+        if time.monotonic() > deadline:
+            return failed(request, f"timed out after {timeout_s:g} s (measure.timeout_s)",
+                          peak_rss_bytes=peak_rss or None)
+    process.join(1.0)
+    return failed(request, _death_reason(process.exitcode), peak_rss_bytes=peak_rss or None)
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (the kernel's OOM killer sends SIGKILL)" if exitcode == -signal.SIGKILL else ""
+        return f"crashed: the trial process was killed by {name}{hint}"
+    return f"crashed: the trial process exited with code {exitcode} before reporting a result"
+
+
+def _tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+        return sum(p.memory_info().rss for p in processes)
+    except psutil.Error:
+        return 0
+
+
+def _stop(process: multiprocessing.Process) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(5.0)

@@ -1,0 +1,120 @@
+"""The child side of a trial: build the plan's dataset, run the burst under the monitors.
+
+Runs in a fresh ``spawn``ed process. It sends back exactly one message: ``("ok", TrialResult)``
+or ``("error", reason)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pipetune.results import TrialResult, TrialState
+from pipetune.trial import TrialRequest
+
+
+def child_main(request: TrialRequest, scratch: str, sender: Any) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        message: tuple[str, object] = ("ok", measure(request, Path(scratch)))
+    except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
+        message = ("error", explain_failure(err))
+    sender.send(message)
+    sender.close()
+
+
+def explain_failure(err: BaseException) -> str:
+    """One readable line: what kind of failure, then TensorFlow's or Python's own words."""
+    name = type(err).__name__
+    text = " ".join(str(err).split())[:400]
+    if name in ("ResourceExhaustedError", "MemoryError"):
+        return f"out of memory ({name}): {text}"
+    if name == "DataLossError" or "corrupted record" in text.lower():
+        return f"corrupt record ({name}): {text}"
+    if name == "KeyboardInterrupt":
+        return "interrupted"
+    where = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+    at = f" at {Path(where[0].filename).name}:{where[0].lineno}" if where else ""
+    return f"crashed ({name}{at}): {text}"
+
+
+def measure(request: TrialRequest, scratch: Path) -> TrialResult:
+    from pipetune.burst import BurstPlan, run_burst
+    from pipetune.models import configure_tensorflow
+    from pipetune.monitors import Monitors, clip, mean_metric, peak_metric
+    from pipetune.plan import Plan
+    from pipetune.validate import on_sys_path
+
+    configure_tensorflow()
+    spec, params = request.spec, request.params
+    plan = Plan.from_variant(spec, params, request.data)
+    with on_sys_path(spec.base_dir):
+        namespace = plan.build_namespace()
+        dataset = namespace["make_dataset"](training=True, cache_path=str(scratch / "cache"))
+        consume = _consumer(request, namespace, dataset)
+        burst_plan = BurstPlan(request.warmup_steps, request.steps, request.repeats,
+                               steps_per_epoch=_steps_per_epoch(request), fill_epoch=params.cache != "none",
+                               batch_size=params.batch_size)
+        monitors = Monitors(interval_s=request.monitor_interval_s)
+        monitors.start()
+        try:
+            timing = run_burst(dataset.repeat(), consume, burst_plan)
+        finally:
+            whole = monitors.stop()
+    timed = clip(whole, list(timing.windows))
+    return TrialResult(
+        key=request.key, role=request.role, params=params.model_dump(), state=TrialState.COMPLETE,
+        batch_size=params.batch_size, steps_per_epoch=burst_plan.steps_per_epoch,
+        startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, repeats=timing.repeats,
+        cpu_percent=mean_metric(timed, "host.process_cpu_percent"),
+        peak_rss_bytes=_as_int(peak_metric(whole, "host.rss_bytes")),
+        gpu_memory_bytes=_as_int(peak_metric(whole, "gpu0.memory_used_bytes")),
+        monitor=whole, environment=environment(request), budget_steps=request.steps,
+    )
+
+
+def _steps_per_epoch(request: TrialRequest) -> int:
+    batches = request.num_examples / request.params.batch_size
+    return max(1, math.floor(batches) if request.params.drop_remainder else math.ceil(batches))
+
+
+def _consumer(request: TrialRequest, namespace: dict[str, Any], dataset: Any) -> Any:
+    from pipetune.burst import discarding_consumer, sleeping_consumer, training_consumer
+    from pipetune.models import build_model
+
+    if request.mode == "simulate":
+        if request.spec.model.step_time_ms is None:
+            raise ValueError("simulate mode needs model.step_time_ms")
+        return sleeping_consumer(request.spec.model.step_time_ms)
+    if request.mode == "input":
+        return discarding_consumer
+    features_spec = dataset.element_spec[0]
+    shape = tuple(features_spec.shape[1:])
+    if any(dim is None for dim in shape):
+        shape = tuple(next(iter(dataset.take(1)))[0].shape[1:])
+    return training_consumer(build_model(request.spec, shape, request.params.precision))
+
+
+def _as_int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def environment(request: TrialRequest) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jit_compile": request.spec.model.jit_compile,
+        "mode": request.mode,
+        "argv0": Path(sys.argv[0]).name,
+    }
