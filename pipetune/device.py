@@ -50,18 +50,24 @@ def detect_device(nvml: object | None = None) -> Device:
     from pipetune.monitors import gpu_environment
 
     gpu_info = gpu_environment(nvml)
-    gpus = tuple(
-        Gpu(d["name"], tuple(d["compute_capability"]) if d.get("compute_capability") else None)
-        for d in gpu_info.get("devices", [])
-    )
+    gpus = tuple(Gpu(d["name"] or "unknown GPU", _capability(d.get("compute_capability")))
+                 for d in gpu_info.get("devices", []))
     flags = _cpu_flags()
     return Device(
         cpu_model=_cpu_model(),
         cpu_cores=os.cpu_count() or 1,
         cpu_bf16=bool({"avx512_bf16", "amx_bf16"} & flags),
         gpus=gpus,
-        accelerator_note=gpu_info.get("note", ""),
+        accelerator_note=gpu_info.get("accelerator_note", ""),
     )
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    """``"8.6"`` -> (8, 6)."""
+    if not text:
+        return None
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
 
 
 def _cpuinfo() -> str:

@@ -7,9 +7,11 @@ Values reach the source only through ``repr()`` of validated values.
 
 from __future__ import annotations
 
+import importlib.util
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipetune.render_ops import WAIT_HELPER, render_op
 from pipetune.spec import Call, FeatureSpec, PipelineParams, Sleep, Spec
@@ -108,11 +110,18 @@ class Plan:
         blocks = ["\n".join(top), *self.definitions, "\n".join(body)]
         return "\n\n\n".join(blocks) + "\n"
 
-    def build_namespace(self) -> dict[str, object]:
-        """Execute the rendered module and return its namespace (``make_dataset`` etc.)."""
-        module = types.ModuleType("pipetune_plan")
-        exec(compile(self.render(), f"<pipetune plan {self.spec_name}>", "exec"), module.__dict__)
-        return module.__dict__
+    def load_module(self, folder: Path) -> types.ModuleType:
+        """Write the rendered module to ``folder`` and import it (``make_dataset`` etc.).
+
+        A real file, not ``exec``: AutoGraph reads a function's source, as it will for the
+        user's ``best_pipeline.py``.
+        """
+        path = Path(folder) / "measured_pipeline.py"
+        path.write_text(self.render(), encoding="utf-8")
+        loader_spec = importlib.util.spec_from_file_location(f"pipetune_plan_{id(self)}", path)
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)
+        return module
 
 
 def one_line(text: str) -> str:

@@ -29,6 +29,7 @@ from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
 
 SHORT_RUNG, FULL_RUNG = 0, 1
+SHORT_FRACTION = 1 / 4  # a short burst has a quarter of the full steps
 PROMOTE_FRACTION = 1 / 3
 
 Measure = Callable[[Variant, int], TrialResult]  # (variant, steps) -> result
@@ -72,9 +73,14 @@ def run(state: SearchState, strategy: str, references: list[Variant],
     reference_keys = {v.key for v in references}
     candidates = [v for v in candidates if v.key not in reference_keys]
     _measure_all(state, references, FULL_RUNG, ignore_budget=True)
-    if strategy == "auto":
-        strategy = choose_strategy(state, len(candidates))
     order = _seeded_order(candidates, state.seed)
+    if strategy == "auto":
+        plan = plan_search(len(order), *_costs_so_far(state), state.deadline - time.time())
+        strategy = plan.strategy
+        for variant in order[plan.variants:]:
+            state.skipped.setdefault(variant.key, "not run: the budget fits only a sample of the "
+                                                  f"space ({plan.variants} of {len(order)} variants)")
+        order = order[:plan.variants]
     if strategy == "grid":
         _measure_all(state, order, FULL_RUNG)
     elif strategy == "halving":
@@ -86,18 +92,48 @@ def run(state: SearchState, strategy: str, references: list[Variant],
     return strategy
 
 
-def choose_strategy(state: SearchState, candidates: int) -> str:
-    """Grid if every candidate's full burst fits the remaining budget, as the references took."""
-    durations = [r.environment.get("trial_wall_s", 0.0) for r in state.results().values()]
-    per_trial = max(durations, default=0.0) or 10.0
-    remaining = state.deadline - time.time()
-    return "grid" if candidates * per_trial <= remaining else "halving"
+@dataclass(frozen=True, slots=True)
+class SearchPlan:
+    strategy: str  # grid | halving
+    variants: int  # how many candidates fit the budget
+    estimated_s: float
+
+
+def plan_search(candidates: int, overhead_s: float, full_burst_s: float, remaining_s: float) -> SearchPlan:
+    """Pick the strategy that covers the most candidates within the remaining budget.
+
+    A trial costs a fixed overhead (a fresh process, TensorFlow's import, tracing) plus its
+    burst. A short burst saves only burst time, so when the overhead dominates, halving costs
+    more than grid and grid wins; when bursts dominate, halving covers more of the space.
+    """
+    full = overhead_s + full_burst_s
+    short = overhead_s + full_burst_s * SHORT_FRACTION
+    per_variant = {"grid": full, "halving": short + full * PROMOTE_FRACTION}
+    best = min(per_variant, key=lambda name: (per_variant[name], name != "grid"))
+    fits = int(max(0.0, remaining_s) // per_variant[best])
+    if candidates * full <= remaining_s:
+        return SearchPlan("grid", candidates, candidates * full)
+    count = min(candidates, max(fits, 1))
+    return SearchPlan(best, count, count * per_variant[best])
+
+
+def _costs_so_far(state: SearchState) -> tuple[float, float]:
+    """(overhead, full burst) seconds per trial, as the full trials so far took."""
+    walls, bursts = [], []
+    for (_, rung), result in state.results().items():
+        if rung == FULL_RUNG and result.repeats:
+            walls.append(result.environment.get("trial_wall_s", 0.0))
+            bursts.append(sum(r.wall_ns for r in result.repeats) / 1e9 + (result.fill_ns or 0) / 1e9)
+    if not walls:
+        return 10.0, 10.0
+    burst = max(bursts)
+    return max(0.0, max(walls) - burst), burst
 
 
 def _measure_all(state: SearchState, variants: list[Variant], rung: int,
                  ignore_budget: bool = False) -> None:
     """Claim and measure every variant not yet measured at ``rung``; then wait for other workers."""
-    steps = state.full_steps if rung == FULL_RUNG else max(3, state.full_steps // 4)
+    steps = state.full_steps if rung == FULL_RUNG else max(3, round(state.full_steps * SHORT_FRACTION))
     for variant in variants:
         if not ignore_budget and time.time() > state.deadline:
             for rest in variants:
@@ -216,7 +252,3 @@ def skipped_results(state: SearchState, variants: dict[str, Variant]) -> list[Tr
     return [TrialResult(key=key, role=variants[key].role, params=variants[key].params.model_dump(),
                         state=TrialState.SKIPPED, reason=reason, batch_size=variants[key].params.batch_size)
             for key, reason in sorted(state.skipped.items()) if key in variants]
-
-
-def role_of(results: list[TrialResult], key: str) -> Role | None:
-    return next((r.role for r in results if r.key == key), None)

@@ -73,17 +73,21 @@ def reference_variants(spec: Spec, device: Device) -> list[Variant]:
     """``naive``, ``autotune-default`` and, if the spec has one, the user's ``baseline``.
 
     Both built-in references keep the first searched value of the dimensions they do not
-    define (shards, batch size, shuffle buffer, precision), so they differ from the candidates
-    only in how the pipeline runs.
+    define (batch size, shuffle buffer, options) and float32, so they differ from the
+    candidates only in how the pipeline runs. naive reads the fewest shards; autotune-default
+    the most, since parallel interleave needs files to interleave.
     """
-    first = {name: values[0] for name, values in spec.search.space.dimensions().items()}
+    dims = spec.search.space.dimensions()
+    first = {name: values[0] for name, values in dims.items()}
     base = PipelineParams(**first).model_copy(update={"cache": "none", "precision": "float32"})
     naive = base.model_copy(update={
-        "interleave_cycle": 1, "map_parallel": 1, "prefetch": 0, "private_threadpool_size": 0,
+        "shards": min(dims["shards"]), "interleave_cycle": 1, "map_parallel": 1, "prefetch": 0,
+        "private_threadpool_size": 0,
     })
+    most_shards = max(dims["shards"])  # parallel interleave needs files to interleave
     autotune = base.model_copy(update={
-        "interleave_cycle": "autotune" if base.shards > 1 else 1, "interleave_parallel": True,
-        "map_parallel": "autotune", "prefetch": "autotune",
+        "shards": most_shards, "interleave_cycle": "autotune" if most_shards > 1 else 1,
+        "interleave_parallel": True, "map_parallel": "autotune", "prefetch": "autotune",
     })
     variants = [Variant(canonical(naive), Role.NAIVE), Variant(canonical(autotune), Role.AUTOTUNE_DEFAULT)]
     if spec.baseline is not None:

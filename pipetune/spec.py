@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 SpecName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -83,6 +90,15 @@ class NpzSource(Strict):
     path: str
     label: Identifier  # name of the label array; every other array is a feature
 
+
+SOURCE_TYPES: dict[str, type[Strict]] = {
+    "synthetic_images": SyntheticImagesSource,
+    "tfrecord": TFRecordSource,
+    "image_folder": ImageFolderSource,
+    "csv": CsvSource,
+    "parquet": ParquetSource,
+    "npz": NpzSource,
+}
 
 Source = Annotated[
     Union[
@@ -300,7 +316,8 @@ def _choices(annotation: Any, default: list[Any]) -> Any:
 
 
 class SearchSpace(Strict):
-    """The values to try for each dimension. A dimension left out keeps one default value."""
+    """The values to try per dimension. A dimension left out gets the defaults below: the
+    knobs that most often matter are searched, the rest keep tf.data's defaults."""
 
     shards: _choices(PositiveInt, [8])
     compression: _choices(Compression, ["none"])
@@ -320,12 +337,16 @@ class SearchSpace(Strict):
     autotune_ram_budget_mb: _choices(NonNegativeInt, [0])
     autotune_cpu_budget: _choices(NonNegativeInt, [0])
 
-    @model_validator(mode="after")
-    def _no_repeated_values(self) -> SearchSpace:
-        for name, values in self:
-            if len(set(map(repr, values))) != len(values):
-                raise ValueError(f"{name}: each value may appear once, but got {values}")
-        return self
+    @field_validator("*")
+    @classmethod
+    def _no_repeated_values(cls, values: list[Any]) -> list[Any]:
+        # A field validator (not a model one) so the error names the dimension's own line.
+        repeated = sorted({repr(v) for v in values if list(map(repr, values)).count(repr(v)) > 1})
+        if repeated:
+            raise ValueError(
+                f"each value may appear once, but {', '.join(repeated)} repeats in {values}"
+            )
+        return values
 
     def dimensions(self) -> dict[str, list[Any]]:
         return {name: list(values) for name, values in self}

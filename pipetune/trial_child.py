@@ -19,13 +19,20 @@ from pipetune.trial import TrialRequest
 
 
 def child_main(request: TrialRequest, scratch: str, sender: Any) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _redirect_stderr(Path(scratch) / "trial.log")
     try:
         message: tuple[str, object] = ("ok", measure(request, Path(scratch)))
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
         message = ("error", explain_failure(err))
     sender.send(message)
     sender.close()
+
+
+def _redirect_stderr(path: Path) -> None:
+    """TensorFlow's start-up chatter goes to the trial's log, not over the parent's progress bar."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 2)
 
 
 def explain_failure(err: BaseException) -> str:
@@ -54,9 +61,9 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
     spec, params = request.spec, request.params
     plan = Plan.from_variant(spec, params, request.data)
     with on_sys_path(spec.base_dir):
-        namespace = plan.build_namespace()
-        dataset = namespace["make_dataset"](training=True, cache_path=str(scratch / "cache"))
-        consume = _consumer(request, namespace, dataset)
+        module = plan.load_module(scratch)
+        dataset = module.make_dataset(training=True, cache_path=str(scratch / "cache"))
+        consume = _consumer(request, dataset)
         burst_plan = BurstPlan(request.warmup_steps, request.steps, request.repeats,
                                steps_per_epoch=_steps_per_epoch(request), fill_epoch=params.cache != "none",
                                batch_size=params.batch_size)
@@ -83,7 +90,7 @@ def _steps_per_epoch(request: TrialRequest) -> int:
     return max(1, math.floor(batches) if request.params.drop_remainder else math.ceil(batches))
 
 
-def _consumer(request: TrialRequest, namespace: dict[str, Any], dataset: Any) -> Any:
+def _consumer(request: TrialRequest, dataset: Any) -> Any:
     from pipetune.burst import discarding_consumer, sleeping_consumer, training_consumer
     from pipetune.models import build_model
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipetune import sources
 from pipetune.errors import SpecError
-from pipetune.spec import Call, Spec
+from pipetune.spec import OP_TYPES, Call, PreprocessStep, Spec, SOURCE_TYPES as _SOURCE_TYPES
 from pipetune.spec_yaml import LocatedDocument, load_located
 
 
@@ -42,7 +42,9 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError([f"{path}:1:1: <document>: cannot read the spec: {err.strerror}"]) from None
     document = load_located(text, str(path))
     if not isinstance(document.data, dict):
-        raise SpecError([document.problem((), "the spec must be a mapping of keys to values")])
+        given = "an empty file" if document.data is None else f"a {type(document.data).__name__}"
+        message = f"the spec must be a mapping of keys to values, but got {given}"
+        raise SpecError([document.problem((), message)])
     data = {**document.data, "base_dir": str(path.resolve().parent)}
     if "base_dir" in document.data:
         raise SpecError([document.problem(("base_dir",), "is not a spec key; it is set by pipetune")])
@@ -57,44 +59,88 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _explain(err: ValidationError, document: LocatedDocument) -> list[str]:
-    lines = []
+    # Each branch of a union (e.g. ``PositiveInt | "autotune"``) reports at the same place:
+    # merge them into one line that lists every alternative.
+    found: dict[tuple[str, ...], list[str]] = {}
     for item in err.errors(include_url=False):
-        where = tuple(str(part) for part in item["loc"])
-        lines.append(document.problem(where, _message(item, where)))
-    return list(dict.fromkeys(lines))  # unions can repeat one problem
+        where = _yaml_path(item["loc"], document.data, item["type"])
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):  # e.g. source.kind
+            where = (*where, item["ctx"]["discriminator"].strip("'"))
+        messages = found.setdefault(where, [])
+        message = _message(item, where, document.data)
+        if message not in messages:
+            messages.append(message)
+    return [document.problem(where, _alternatives(messages)) for where, messages in found.items()]
 
 
-def _message(item: dict[str, Any], where: tuple[str, ...]) -> str:
+def _alternatives(messages: list[str]) -> str:
+    """``should be A, but got x`` and ``should be B, but got x``: ``should be A or B, but got x``."""
+    got = messages[0].rpartition(", but got ")[2]
+    suffix = f", but got {got}"
+    if len(messages) == 1 or not all(m.endswith(suffix) for m in messages):
+        return "; ".join(messages)
+    wants = [m.removesuffix(suffix) for m in messages]
+    wants[1:] = [w.removeprefix("input should be ") for w in wants[1:]]
+    return " or ".join(wants) + suffix
+
+
+def _yaml_path(loc: tuple[Any, ...], data: Any, kind: str) -> tuple[str, ...]:
+    """The error's path as written in the YAML: drops union tags that pydantic adds to ``loc``."""
+    path: list[str] = []
+    node = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif not (last and kind == "missing"):
+            continue  # a union tag such as the source's kind or "constrained-int": not in the file
+        path.append(str(part))
+    return tuple(path)
+
+
+def _message(item: dict[str, Any], where: tuple[str, ...], data: Any) -> str:
     kind, given = item["type"], item.get("input")
     if kind == "extra_forbidden":
-        return _unknown_key(where)
-    if kind == "missing":
+        return _unknown_key(where, data)
+    if kind in ("missing", "union_tag_not_found"):
         return "is required but missing"
+    if kind == "union_tag_invalid":
+        return f"must be one of {item['ctx']['expected_tags']}, but got {item['ctx']['tag']!r}"
+    if kind == "too_short":
+        return f"must list at least {item['ctx']['min_length']} value(s), but got {given!r}"
     text = item["msg"].removeprefix("Value error, ")
     if kind in ("value_error", "assertion_error"):
         return text
     return f"{_lower_first(text)}, but got {given!r}"
 
 
-def _unknown_key(where: tuple[str, ...]) -> str:
-    known = _known_keys(where[:-1])
+def _unknown_key(where: tuple[str, ...], data: Any) -> str:
+    known = _known_keys(where[:-1], data)
     close = difflib.get_close_matches(where[-1], known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
     return f"unknown key {where[-1]!r}{hint}"
 
 
-def _known_keys(parent: tuple[str, ...]) -> list[str]:
-    """Field names of the model at ``parent`` (best effort: walks the Spec's annotations)."""
+def _known_keys(parent: tuple[str, ...], data: Any) -> list[str]:
+    """Field names of the model at ``parent``, following the source kind and op names."""
     model: Any = Spec
+    node = data
     for part in parent:
+        node = node[int(part)] if isinstance(node, list) else node.get(part, {})
         if part.isdigit():
             continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return _source_keys() if part == "source" else []
-        model = _model_in(field.annotation)
-    keys = list(getattr(model, "model_fields", {}))
-    return [k for k in keys if k != "base_dir"] or _source_keys()
+        if model is Spec and part == "source":
+            model = _SOURCE_TYPES.get(node.get("kind") if isinstance(node, dict) else None)
+        elif part in OP_TYPES and model is PreprocessStep:
+            model = OP_TYPES[part]
+        else:
+            field = getattr(model, "model_fields", {}).get(part)
+            model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return [k for k in getattr(model, "model_fields", {}) if k != "base_dir"]
 
 
 def _model_in(annotation: Any) -> Any:
@@ -105,16 +151,6 @@ def _model_in(annotation: Any) -> Any:
         if found is not None:
             return found
     return None
-
-
-def _source_keys() -> list[str]:
-    from pipetune import spec as spec_module
-
-    names: set[str] = set()
-    for cls in (spec_module.SyntheticImagesSource, spec_module.TFRecordSource, spec_module.CsvSource,
-                spec_module.ImageFolderSource, spec_module.NpzSource):
-        names.update(cls.model_fields)
-    return sorted(names)
 
 
 def _lower_first(text: str) -> str:

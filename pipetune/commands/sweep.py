@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]interrupted.[/] Finished trials are kept in {out}. Resume with:\n"
                       f"  pipetune sweep {args.spec} --out {out} --resume")
         return 130
+    finally:
+        progress.stop()
     paths = write_outputs(outcome)
     if args.json:
         print_json(json_document(outcome))
@@ -76,7 +78,7 @@ class _Progress:
             self.count += 1
             self.console.log(f"[{self.count}] measured {label}, {burst}")
 
-    def __del__(self) -> None:
+    def stop(self) -> None:
         self.status.stop()
 
 

@@ -94,8 +94,8 @@ def prepare_shards(spec: Spec, shards: int, compression: str, root: Path) -> Sha
     inspection = kind.inspect(spec)
     if inspection.problems:
         raise SourceError(format_problems(inspection.problems))
-    digest = content_hash(spec.source.model_dump(mode="json"), inspection.inputs)
-    folder = Path(root) / digest / f"{shards}-{compression}"
+    digest = content_hash(spec.source.model_dump(mode="json"), inspection.inputs, inspection.facts)
+    folder = Path(root).absolute() / digest / f"{shards}-{compression}"
     reused = find_complete(folder, shards, compression, digest)
     if reused is not None:
         return reused

@@ -33,12 +33,15 @@ class Inspection:
         schema: the records' features, or None when problems prevent knowing them.
         problems: spec-time problems; empty when the source can be read.
         inputs: the input files whose identities (path, size, mtime) go into the content hash.
-        detail: kind-private facts the records step reuses (e.g. image_folder's class names).
+        facts: what else changes the records and so goes into the content hash (e.g. the
+            class names of an image folder: an added empty class renumbers the labels).
+        detail: kind-private data the records step reuses (e.g. each image's label).
     """
 
     schema: Schema | None
     problems: tuple[Problem, ...] = ()
     inputs: tuple[Path, ...] = ()
+    facts: tuple[str, ...] = ()
     detail: Any = field(default=None, compare=False)
 
     def require_schema(self) -> Schema:

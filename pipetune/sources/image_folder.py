@@ -50,7 +50,12 @@ def inspect(spec: Spec) -> Inspection:
             f"the class sub-folders {names} of {root.resolve()} must hold "
             f"{'/'.join(sorted(IMAGE_SUFFIXES))} files, but hold none",
         )
-    return Inspection(schema=schema_of(spec), inputs=tuple(images), detail=tuple(labels))
+    return Inspection(
+        schema=schema_of(spec),
+        inputs=tuple(images),
+        facts=tuple(p.name for p in classes),
+        detail=tuple(labels),
+    )
 
 
 def records(spec: Spec, inspection: Inspection) -> Iterator[bytes]:

@@ -25,6 +25,7 @@ from pipetune.sources.common import (
 from pipetune.spec import FeatureSpec, NpzSource, Spec
 
 CHUNK_ROWS = 1024  # rows converted to Python values at a time while writing
+Header = tuple[tuple[int, ...], np.dtype]  # an array's shape and dtype
 
 
 def schema_of(spec: Spec) -> Schema:
@@ -70,7 +71,7 @@ def records(spec: Spec, inspection: Inspection) -> Iterator[bytes]:
             yield encode({name: values[index] for name, values in chunk.items()})
 
 
-def read_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def read_headers(path: Path) -> dict[str, Header]:
     """Array name -> (shape, dtype), from each member's ``.npy`` header only."""
     headers = {}
     with zipfile.ZipFile(path) as archive:
@@ -87,21 +88,23 @@ def read_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return headers
 
 
-def _array_problems(headers: dict[str, tuple[tuple[int, ...], np.dtype]], path: Path) -> list[Problem]:
+def _array_problems(headers: dict[str, Header], path: Path) -> list[Problem]:
     where = ("source", "path")
     if not headers:
         return [(where, f"{path}: must hold at least one array, but holds none")]
     problems = name_problems(list(headers), where, f"{path}: array")
     for name, (shape, dtype) in headers.items():
         if not shape:
-            problems.append((where, f"{path}: array {name!r} must have a first (row) dimension, but is 0-d"))
+            message = f"{path}: array {name!r} must have a row dimension, but is 0-d"
+            problems.append((where, message))
         if feature_type(dtype) is None:
             problems.append(
-                (where, f"{path}: array {name!r} must be bool, integer, float or bytes/str, but is {dtype}")
+                (where, f"{path}: array {name!r} must be bool, int, float or str, but is {dtype}")
             )
     lengths = {name: shape[0] for name, (shape, _) in headers.items() if shape}
     if len(set(lengths.values())) > 1:
-        problems.append((where, f"{path}: arrays must have equal first dimensions, but have {lengths}"))
+        message = f"{path}: arrays must have equal first dimensions, but have {lengths}"
+        problems.append((where, message))
     elif lengths and not any(lengths.values()):
         problems.append((where, f"{path}: arrays must have at least one row, but have none"))
     return problems

@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,14 @@ class ShardSet:
         files: absolute shard paths, in shard order.
         compression: "none", "gzip" or "zlib"; :func:`tf_compression` gives TensorFlow's name.
         manifest: what the set holds.
-        written: True when this call wrote the set, False when it reused a complete one.
+        written: True when this call wrote the set, False when it reused a complete one
+            (not compared: sets are equal when they hold the same shards).
     """
 
     files: tuple[str, ...]
     compression: str
     manifest: Manifest
-    written: bool = False
+    written: bool = field(default=False, compare=False)
 
 
 def tf_compression(compression: str) -> str:
@@ -80,8 +81,10 @@ def tf_compression(compression: str) -> str:
     return _TF_COMPRESSION[compression]
 
 
-def content_hash(definition: dict[str, Any], inputs: Sequence[Path]) -> str:
-    """Hash of a source definition plus each input file's identity (path, size, mtime_ns).
+def content_hash(
+    definition: dict[str, Any], inputs: Sequence[Path], facts: Sequence[str] = ()
+) -> str:
+    """Hash of a source definition, each input file's identity (path, size, mtime_ns) and facts.
 
     Files are stat-ed, never read: a changed file changes its size or mtime.
     """
@@ -90,7 +93,8 @@ def content_hash(definition: dict[str, Any], inputs: Sequence[Path]) -> str:
         stat = path.stat()
         identities.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
     text = json.dumps(
-        {"format": FORMAT_VERSION, "source": definition, "inputs": identities}, sort_keys=True
+        {"format": FORMAT_VERSION, "source": definition, "inputs": identities, "facts": facts},
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -150,7 +154,8 @@ def _write_shards(
 
     options = tf.io.TFRecordOptions(compression_type=tf_compression(compression))
     counts = [0] * shards
-    writers = [tf.io.TFRecordWriter(str(folder / n), options) for n in shard_names(shards, compression)]
+    names = shard_names(shards, compression)
+    writers = [tf.io.TFRecordWriter(str(folder / name), options) for name in names]
     try:
         for index, record in enumerate(records):
             writers[index % shards].write(record)  # round-robin: counts differ by at most one

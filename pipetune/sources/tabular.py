@@ -69,7 +69,7 @@ def _look_csv(path: Path) -> tuple[dict[str, str | None] | None, list[Problem], 
     except (ValueError, OSError, UnicodeDecodeError) as err:  # EmptyDataError, ParserError
         return None, [(("source", "path"), f"{path}: cannot be read as CSV: {err}")], None
     if sample.empty:
-        return None, [(("source", "path"), f"{path}: must hold at least one row, but has none")], None
+        return None, [_no_rows(path)], None
     types = {str(name): _pandas_type(dtype) for name, dtype in sample.dtypes.items()}
     return types, [], dict(sample.dtypes)  # the full read keeps the sample's dtypes
 
@@ -83,11 +83,15 @@ def _look_parquet(path: Path) -> tuple[dict[str, str | None] | None, list[Proble
     except (pa.ArrowException, OSError) as err:
         return None, [(("source", "path"), f"{path}: cannot be read as Parquet: {err}")], None
     if parquet.metadata.num_rows == 0:
-        return None, [(("source", "path"), f"{path}: must hold at least one row, but has none")], None
+        return None, [_no_rows(path)], None
     # pandas stores a default index as __index_level_N__: it is not data.
     fields = [f for f in parquet.schema_arrow if not f.name.startswith("__index_level_")]
     types = {f.name: _arrow_type(f.type) for f in fields}
     return types, [], list(types)
+
+
+def _no_rows(path: Path) -> Problem:
+    return ("source", "path"), f"{path}: must hold at least one row, but has none"
 
 
 def _column_problems(types: dict[str, str | None], label: str, path: Path) -> list[Problem]:
@@ -121,12 +125,9 @@ def _arrow_type(arrow_type: Any) -> str | None:
         return "int64"
     if pa.types.is_floating(arrow_type):
         return "float32"
-    if any(
-        check(arrow_type)
-        for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-    ):
-        return "bytes"
-    return None
+    is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    is_binary = pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+    return "bytes" if is_text or is_binary else None
 
 
 def _csv_chunks(path: Path, dtypes: dict[str, Any]) -> Iterator[Any]:

@@ -28,16 +28,16 @@ def inspect(spec: Spec) -> Inspection:
     """Globs the files (sorted) and reports a glob that matches nothing or only empty files."""
     source = _source(spec)
     pattern = spec.resolve(source.files)
-    files = tuple(Path(p) for p in sorted(glob.glob(str(pattern), recursive=True)) if Path(p).is_file())
+    matches = sorted(glob.glob(str(pattern), recursive=True))
+    files = tuple(Path(match) for match in matches if Path(match).is_file())
     problems: list[Problem] = []
+    where = ("source", "files")
     if not files:
-        problems.append(
-            (("source", "files"), f"glob {source.files!r} matches no file (looked in {_fixed_prefix(pattern)})")
-        )
+        looked_in = _fixed_prefix(pattern)
+        problems.append((where, f"glob {source.files!r} matches no file (looked in {looked_in})"))
     elif all(path.stat().st_size == 0 for path in files):
-        problems.append(
-            (("source", "files"), f"glob {source.files!r} matches {len(files)} files, but all are empty")
-        )
+        message = f"glob {source.files!r} matches {len(files)} files, but all are empty"
+        problems.append((where, message))
     return Inspection(schema=schema_of(spec), problems=tuple(problems), inputs=files)
 
 
