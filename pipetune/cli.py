@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from pipetune import __version__
-from pipetune.errors import PipetuneError
+from pipetune.errors import PipetuneError, SpecError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipetuneError as err:
         if getattr(args, "debug", False):
             raise
-        print(f"pipetune: error: {err}" if err.exit_code != 2 or "\n" not in str(err) else str(err),
-              file=sys.stderr)
+        # Spec problems are already `file:line:col: key: problem` lines; others get a prefix.
+        print(str(err) if isinstance(err, SpecError) else f"pipetune: error: {err}", file=sys.stderr)
         return err.exit_code
 
 
@@ -49,7 +48,3 @@ def _parser() -> argparse.ArgumentParser:
 def print_json(document: object) -> None:
     json.dump(document, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def spec_path(text: str) -> Path:
-    return Path(text)

@@ -28,14 +28,14 @@ def inspect(spec: Spec) -> Inspection:
     ``detail`` holds each input's label, in input order.
     """
     source = _source(spec)
-    root = spec.resolve(source.root)
+    root = spec.resolve(source.root).absolute()  # absolute: messages name it
     where = ("source", "root")
     if not root.is_dir():
-        return _problem(where, f"{source.root!r} must be a folder, but {root.resolve()} is not one")
+        return _problem(where, f"{source.root!r} must be a folder, but {root} is not one")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         return _problem(
-            where, f"{root.resolve()} must hold one sub-folder per class, but has no sub-folder"
+            where, f"{root} must hold one sub-folder per class, but has no sub-folder"
         )
     images: list[Path] = []
     labels: list[int] = []
@@ -47,7 +47,7 @@ def inspect(spec: Spec) -> Inspection:
         names = [p.name for p in classes]
         return _problem(
             where,
-            f"the class sub-folders {names} of {root.resolve()} must hold "
+            f"the class sub-folders {names} of {root} must hold "
             f"{'/'.join(sorted(IMAGE_SUFFIXES))} files, but hold none",
         )
     return Inspection(

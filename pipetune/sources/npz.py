@@ -36,10 +36,10 @@ def schema_of(spec: Spec) -> Schema:
 def inspect(spec: Spec) -> Inspection:
     """Reads the arrays' headers (shape and dtype) and checks names, types and lengths."""
     source = _source(spec)
-    path = spec.resolve(source.path)
+    path = spec.resolve(source.path).absolute()  # absolute: messages name it
     where = ("source", "path")
     if not path.is_file():
-        message = f"npz file {source.path!r} must exist, but {path.resolve()} does not"
+        message = f"npz file {source.path!r} must exist, but {path} does not"
         return Inspection(schema=None, problems=((where, message),))
     try:
         headers = read_headers(path)

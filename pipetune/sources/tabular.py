@@ -38,9 +38,9 @@ def inspect(spec: Spec) -> Inspection:
     """Reads a CSV's header and first rows, or a Parquet file's schema, and checks the columns."""
     source = spec.source
     assert isinstance(source, (CsvSource, ParquetSource)), source.kind
-    path = spec.resolve(source.path)
+    path = spec.resolve(source.path).absolute()  # absolute: messages name it
     if not path.is_file():
-        message = f"{source.kind} file {source.path!r} must exist, but {path.resolve()} does not"
+        message = f"{source.kind} file {source.path!r} must exist, but {path} does not"
         return Inspection(schema=None, problems=((("source", "path"), message),))
     look = _look_csv if isinstance(source, CsvSource) else _look_parquet
     types, problems, detail = look(path)
