@@ -42,3 +42,63 @@ class SweepResults:
         from pipetune.outputs import result_rows
 
         return cls(pd.DataFrame(result_rows(outcome)), outcome.ranking, paths, outcome)
+
+
+class BestPipeline:
+    """The Nth best variant of a stored sweep, built from the same Plan that was measured.
+
+    Attributes:
+        key: the variant's key.
+        params: its ``PipelineParams`` (every knob, written out).
+        precision_policy: the Keras mixed-precision policy it was measured with.
+        source: the Python module text (what ``best_pipeline.py`` holds, without comments).
+    """
+
+    def __init__(self, key: str, params: Any, source: str, module: Any) -> None:
+        self.key, self.params, self.source, self._module = key, params, source, module
+        self.precision_policy = params.precision
+
+    def make_dataset(self, **overrides: Any) -> Any:
+        """``make_dataset(file_pattern=..., training=True, cache_path=...)`` of the module."""
+        return self._module.make_dataset(**overrides)
+
+    def apply_precision_policy(self) -> None:
+        """Set Keras' global mixed-precision policy; call before building the model."""
+        self._module.apply_precision_policy()
+
+
+def best_pipeline_info(spec_or_dir: str | Path, rank: int = 1) -> BestPipeline:
+    """The Nth best stored variant with its parameters and precision policy.
+
+    Args:
+        spec_or_dir: a sweep's output folder, or its spec (then ``reports/<name>/``).
+        rank: 1 for the best.
+
+    Raises:
+        NoSweepError: there is no stored sweep; the message says which command to run.
+    """
+    from pipetune.emit import chosen, plan_for
+    from pipetune.store import load_outcome
+    from pipetune.validate import on_sys_path
+
+    outcome = load_outcome(spec_or_dir)
+    trial = chosen(outcome, rank).trial
+    plan = plan_for(outcome, trial)
+    folder = outcome.out_dir / "scratch" / f"best-rank{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with on_sys_path(outcome.spec.base_dir):
+        module = plan.load_module(folder)
+    return BestPipeline(trial.key, plan.params, plan.render(), module)
+
+
+def best_pipeline(spec_or_dir: str | Path, rank: int = 1, **overrides: Any) -> Any:
+    """The best stored variant as a ``tf.data.Dataset``; never starts a sweep.
+
+    Args:
+        spec_or_dir: a sweep's output folder, or its spec (then ``reports/<name>/``).
+        rank: 1 for the best.
+        **overrides: passed to ``make_dataset``: ``file_pattern``, ``training``, ``cache_path``.
+
+    Use ``best_pipeline_info`` for the parameters and the precision policy.
+    """
+    return best_pipeline_info(spec_or_dir, rank).make_dataset(**overrides)

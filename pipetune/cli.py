@@ -1,4 +1,4 @@
-"""``pipetune`` on the command line: sweep, validate, env.
+"""``pipetune`` on the command line: sweep, emit, validate, env.
 
 Each subcommand is an ``add_parser(sub)`` plus a ``run(args) -> int``. Errors that pipetune
 raises on purpose become one line and an exit code (2 for bad input); a traceback is shown
@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipetune.commands import env, sweep, validate
+    from pipetune.commands import emit, env, sweep, validate
 
     parser = argparse.ArgumentParser(prog="pipetune", description=(
         "Find the fastest tf.data input pipeline for your data, model and machine, by measuring."))
     parser.add_argument("--version", action="version", version=f"pipetune {__version__}")
     sub = parser.add_subparsers(title="commands")
-    for command in (sweep, validate, env):
+    for command in (sweep, emit, validate, env):
         command.add_parser(sub)
     return parser
 

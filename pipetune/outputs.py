@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,13 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
         ],
         "trials": result_rows(outcome),
     }
-    if raw:
-        doc["raw_trials"] = [trial_to_dict(r) for r in outcome.results]
+    if raw:  # everything `store.load_outcome` needs to rebuild the outcome
+        doc["stored"] = {
+            "spec": outcome.spec.model_dump(mode="json"), "base_dir": outcome.spec.base_dir,
+            "device": dataclasses.asdict(outcome.device),
+            "dropped": [{"params": d.params.model_dump(), "reason": d.reason} for d in outcome.dropped],
+            "trials": [trial_to_dict(r) for r in outcome.results],
+        }
     return doc
 
 

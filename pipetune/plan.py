@@ -8,6 +8,7 @@ Values reach the source only through ``repr()`` of validated values.
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class Plan:
                 body.append("    if training:")
             in_training_block = stage.training_only
             if stage.name in comments:
-                body.append(indent + "# " + one_line(comments[stage.name]))
+                body += comment_lines(comments[stage.name], indent)
             body += [indent + line for line in stage.lines]
         body.append("    return ds")
         blocks = ["\n".join(top), *self.definitions, "\n".join(body)]
@@ -125,8 +126,22 @@ class Plan:
 
 
 def one_line(text: str) -> str:
-    """Text safe inside a ``#`` comment: no line breaks of any kind can escape it."""
-    return " ".join(str(text).split())
+    """Text safe inside a ``#`` comment: every kind of line break becomes a space."""
+    return " ".join(str(text).splitlines())
+
+
+def comment_lines(text: str, indent: str, width: int = 99) -> list[str]:
+    """``text`` as ``#`` comment lines wrapped to ``width``; nothing in it can end the comment."""
+    wrapped = textwrap.wrap(one_line(text), width=width - len(indent) - 2) or [""]
+    return [f"{indent}# {line}" for line in wrapped]
+
+
+def _call(target: str, arguments: Sequence[str], indent: str = "    ", width: int = 99) -> tuple[str, ...]:
+    """``target(arg, ...)`` on one line if it fits, else one argument per line."""
+    single = f"{target}({', '.join(arguments)})"
+    if len(indent) + len(single) <= width:
+        return (single,)
+    return (f"{target}(", *(f"    {argument}," for argument in arguments), ")")
 
 
 def check_cache_before_random(stages: Sequence[Stage]) -> None:
@@ -148,22 +163,19 @@ def _read_stage(params: PipelineParams) -> Stage:
     if params.interleave_cycle == 1:
         return Stage("read", (files, "ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION)"))
     parallel = _AUTOTUNE if params.interleave_parallel else "None"
-    return Stage("read", (
-        files,
-        "ds = files.interleave(",
-        "    lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),",
-        f"    cycle_length={_num(params.interleave_cycle)},",
-        f"    block_length={params.interleave_block!r},",
-        f"    num_parallel_calls={parallel},",
-        f"    deterministic={params.deterministic!r},",
-        ")",
-    ))
+    return Stage("read", (files, *_call("ds = files.interleave", [
+        "lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION)",
+        f"cycle_length={_num(params.interleave_cycle)}",
+        f"block_length={params.interleave_block!r}",
+        f"num_parallel_calls={parallel}",
+        f"deterministic={params.deterministic!r}",
+    ])))
 
 
 def _map_stage(name: str, params: PipelineParams, random: bool = False, function: str = "") -> Stage:
-    line = (f"ds = ds.map({function or name}, num_parallel_calls={_num(params.map_parallel)}, "
-            f"deterministic={params.deterministic!r})")
-    return Stage(name, (line,), random=random)
+    lines = _call("ds = ds.map", [function or name, f"num_parallel_calls={_num(params.map_parallel)}",
+                                  f"deterministic={params.deterministic!r}"])
+    return Stage(name, lines, random=random)
 
 
 def _cache_stage(params: PipelineParams) -> Stage:

@@ -92,3 +92,4 @@ class TrialResult:
     monitor: MonitorReport = field(default_factory=MonitorReport)
     environment: dict[str, Any] = field(default_factory=dict)
     budget_steps: int = 0  # steps per repeat this trial was given (halving rungs differ)
+    pipeline_source: str = ""  # the module the trial imported to build its dataset

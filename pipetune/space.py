@@ -180,7 +180,7 @@ def describe(params: PipelineParams) -> str:
     parts = [f"{params.shards} shard{'s' if params.shards != 1 else ''}"]
     parts.append("sequential read" if params.interleave_cycle == 1
                  else f"interleave {params.interleave_cycle}")
-    parts.append(f"map x{params.map_parallel}")
+    parts.append("sequential map" if params.map_parallel == 1 else f"parallel map {params.map_parallel}")
     if params.cache != "none":
         parts.append(f"{params.cache} cache")
     if params.shuffle_buffer:

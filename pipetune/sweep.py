@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +83,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     objective = spec.measure.resolved_objective if options.mode is None else (
         "time_to_train" if mode == "train" else "throughput")
     device = detect_device()
-    layouts = _Layouts(spec, options.out_dir / "shards")
+    layouts = ShardLayouts(spec, options.out_dir / "shards")
     references = reference_variants(spec, device)
     first = layouts.get(references[0].params.shards, references[0].params.compression)
     facts = SpaceFacts(device, estimate_cache_bytes(spec, first.num_examples, first.mean_record_bytes),
@@ -112,7 +110,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
                         time.time() - started)
 
 
-class _Layouts:
+class ShardLayouts:
     """Shard sets, prepared on first use: only the (shards, compression) pairs measured."""
 
     def __init__(self, spec: Spec, root: Path) -> None:
@@ -141,7 +139,7 @@ class _Layout:
         return cls(data, manifest.num_examples, manifest.total_bytes / max(1, manifest.num_examples))
 
 
-def _measure(spec: Spec, variant: Variant, steps: int, mode: str, layouts: _Layouts,
+def _measure(spec: Spec, variant: Variant, steps: int, mode: str, layouts: ShardLayouts,
              out_dir: Path) -> TrialResult:
     layout = layouts.get(variant.params.shards, variant.params.compression)
     request = TrialRequest(spec=spec, params=variant.params, role=variant.role, key=variant.key,
@@ -151,7 +149,3 @@ def _measure(spec: Spec, variant: Variant, steps: int, mode: str, layouts: _Layo
     scratch = out_dir / "scratch"
     scratch.mkdir(exist_ok=True)
     return run_trial(request, spec.measure.timeout_s, int(spec.resources.ram_budget_gb * 2**30), scratch)
-
-
-def fingerprint(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]

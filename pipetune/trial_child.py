@@ -82,6 +82,7 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         peak_rss_bytes=_as_int(peak_metric(whole, "host.rss_bytes")),
         gpu_memory_bytes=_as_int(peak_metric(whole, "gpu0.memory_used_bytes")),
         monitor=whole, environment=environment(request), budget_steps=request.steps,
+        pipeline_source=plan.render(),
     )
 
 

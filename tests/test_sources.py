@@ -25,14 +25,11 @@ PROPERTY = settings(
 )
 
 
-@pytest.fixture(scope="session")
-def tf():
-    import tensorflow
-
-    return tensorflow
+# `tf` is conftest's session fixture: TensorFlow is imported once, and only by tests that use it.
 
 
-def make_spec(base: Path, **source) -> Spec:
+def source_spec(base: Path, **source) -> Spec:
+    """A minimal valid spec around ``source``, with relative paths resolving against ``base``."""
     return Spec.model_validate(
         {
             "name": "t",
@@ -85,7 +82,7 @@ def write_tfrecords(tf, path: Path, records: list[bytes], compression: str = "no
 
 def tfrecord_spec(base: Path, compression: str = "none", **features) -> Spec:
     features = features or {"data": {"type": "bytes"}}
-    return make_spec(
+    return source_spec(
         base, kind="tfrecord", files="in/*.tfrecord", compression=compression, features=features
     )
 
@@ -160,7 +157,7 @@ def test_every_compression_gives_the_same_records_back(tf, tmp_path, payloads, s
 
 
 def test_compressed_shards_are_compressed(tf, tmp_path):
-    spec = make_spec(tmp_path, kind="synthetic_images", num_examples=4, image_size=(16, 16))
+    spec = source_spec(tmp_path, kind="synthetic_images", num_examples=4, image_size=(16, 16))
     gzip_set = prepare_shards(spec, 1, "gzip", tmp_path / "s")
     zlib_set = prepare_shards(spec, 1, "zlib", tmp_path / "s")
     assert Path(gzip_set.files[0]).read_bytes()[:2] == b"\x1f\x8b"
@@ -173,7 +170,7 @@ def test_compressed_shards_are_compressed(tf, tmp_path):
 def test_unchanged_source_is_reused_and_changed_one_rewritten(tf, tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("a,y\n1,0\n2,1\n3,0\n")
-    spec = make_spec(tmp_path, kind="csv", path="d.csv", label="y")
+    spec = source_spec(tmp_path, kind="csv", path="d.csv", label="y")
     first = prepare_shards(spec, 2, "none", tmp_path / "s")
     mtimes = [os.stat(p).st_mtime_ns for p in first.files]
 
@@ -191,7 +188,7 @@ def test_unchanged_source_is_reused_and_changed_one_rewritten(tf, tmp_path):
 
 
 def test_a_set_without_manifest_is_not_reused(tf, tmp_path):
-    spec = make_spec(tmp_path, kind="synthetic_images", num_examples=6, image_size=(16, 16))
+    spec = source_spec(tmp_path, kind="synthetic_images", num_examples=6, image_size=(16, 16))
     first = prepare_shards(spec, 3, "none", tmp_path / "s")
     records = read_shards(tf, first)
     (Path(first.files[0]).parent / MANIFEST_NAME).unlink()
@@ -204,7 +201,7 @@ def test_a_set_without_manifest_is_not_reused(tf, tmp_path):
 
 
 def test_a_stale_temporary_folder_is_removed_not_reused(tf, tmp_path):
-    spec = make_spec(tmp_path, kind="synthetic_images", num_examples=4, image_size=(16, 16))
+    spec = source_spec(tmp_path, kind="synthetic_images", num_examples=4, image_size=(16, 16))
     first = prepare_shards(spec, 2, "none", tmp_path / "s")
     digest_folder = Path(first.files[0]).parents[1]
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
@@ -240,7 +237,7 @@ def test_a_failed_write_leaves_nothing_to_reuse(tf, tmp_path):
 
 def test_synthetic_images_are_deterministic_structured_and_decode(tf, tmp_path):
     def synthetic(seed: int, **more) -> Spec:
-        return make_spec(tmp_path, kind="synthetic_images", num_examples=64, seed=seed, **more)
+        return source_spec(tmp_path, kind="synthetic_images", num_examples=64, seed=seed, **more)
 
     def shard_bytes(shard_set) -> list[bytes]:
         return [Path(p).read_bytes() for p in shard_set.files]
@@ -262,7 +259,7 @@ def test_synthetic_images_are_deterministic_structured_and_decode(tf, tmp_path):
 
 
 def test_synthetic_png_and_non_square_sizes(tf, tmp_path):
-    spec = make_spec(
+    spec = source_spec(
         tmp_path, kind="synthetic_images", num_examples=5, image_size=(24, 40), format="png"
     )
     examples = parse_all(tf, prepare_shards(spec, 2, "gzip", tmp_path / "s"))
@@ -280,7 +277,7 @@ def test_csv_records_parse_back_to_the_original_values(tf, tmp_path):
     (tmp_path / "d.csv").write_text(
         "count,ratio,flag,name,y\n3,0.5,True,ab,1\n-7,1.25,False,héllo,0\n9,-2.0,True,z,1\n"
     )
-    spec = make_spec(tmp_path, kind="csv", path="d.csv", label="y")
+    spec = source_spec(tmp_path, kind="csv", path="d.csv", label="y")
     assert {k: v.type for k, v in schema_of(spec).items()} == {
         "count": "int64", "ratio": "float32", "flag": "int64", "name": "bytes", "y": "int64"
     }
@@ -296,7 +293,7 @@ def test_csv_records_parse_back_to_the_original_values(tf, tmp_path):
 
 def test_csv_missing_string_value_is_a_source_error(tf, tmp_path):
     (tmp_path / "d.csv").write_text("name,y\nab,1\n,0\n")
-    spec = make_spec(tmp_path, kind="csv", path="d.csv", label="y")
+    spec = source_spec(tmp_path, kind="csv", path="d.csv", label="y")
     with pytest.raises(SourceError, match=r"d\.csv: column 'name' must have a value"):
         prepare_shards(spec, 1, "none", tmp_path / "s")
 
@@ -304,7 +301,7 @@ def test_csv_missing_string_value_is_a_source_error(tf, tmp_path):
 def test_csv_rows_after_the_sample_must_fit_its_types(tf, tmp_path, monkeypatch):
     monkeypatch.setattr(tabular, "SAMPLE_ROWS", 2)
     (tmp_path / "d.csv").write_text("a,y\n1,0\n2,1\n,0\n")
-    spec = make_spec(tmp_path, kind="csv", path="d.csv", label="y")
+    spec = source_spec(tmp_path, kind="csv", path="d.csv", label="y")
     with pytest.raises(SourceError, match=r"d\.csv: a later row does not fit"):
         prepare_shards(spec, 1, "none", tmp_path / "s")
 
@@ -317,7 +314,7 @@ def test_parquet_records_parse_back_to_the_original_values(tf, tmp_path):
         index=[10, 11, 12, 13, 14],  # a non-default index is stored but is not data
     )
     frame.to_parquet(tmp_path / "d.parquet")
-    spec = make_spec(tmp_path, kind="parquet", path="d.parquet", label="y")
+    spec = source_spec(tmp_path, kind="parquet", path="d.parquet", label="y")
 
     examples = parse_all(tf, prepare_shards(spec, 3, "none", tmp_path / "s"))
 
@@ -331,7 +328,7 @@ def test_parquet_unsupported_column_type_is_a_problem(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"when": pd.to_datetime(["2024-01-01"]), "y": [1]}).to_parquet(tmp_path / "d.pq")
-    spec = make_spec(tmp_path, kind="parquet", path="d.pq", label="y")
+    spec = source_spec(tmp_path, kind="parquet", path="d.pq", label="y")
     ((path, message),) = check_source(spec)
     assert path == ("source", "path") and "column 'when' must be integer, float" in message
     with pytest.raises(SourceError, match="when"):
@@ -347,7 +344,7 @@ def test_npz_records_parse_back_to_the_original_values(tf, tmp_path):
         "y": rng.integers(0, 3, 7),
     }
     np.savez_compressed(tmp_path / "d.npz", **arrays)
-    spec = make_spec(tmp_path, kind="npz", path="d.npz", label="y")
+    spec = source_spec(tmp_path, kind="npz", path="d.npz", label="y")
     assert schema_of(spec)["x"] == FeatureSpec(type="float32", shape=(2, 3))
 
     examples = parse_all(tf, prepare_shards(spec, 3, "gzip", tmp_path / "s"))
@@ -360,7 +357,7 @@ def test_npz_records_parse_back_to_the_original_values(tf, tmp_path):
 
 def test_npz_problems(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.zeros(5), **{"bad name": np.zeros(4)})
-    spec = make_spec(tmp_path, kind="npz", path="d.npz", label="z")
+    spec = source_spec(tmp_path, kind="npz", path="d.npz", label="z")
     messages = [message for _, message in check_source(spec)]
     assert any("equal first dimensions" in m and "'x': 4" in m and "'y': 5" in m for m in messages)
     assert any("'bad name' must match" in m for m in messages)
@@ -378,7 +375,7 @@ def test_image_folder_keeps_raw_bytes_and_sorted_class_labels(tf, tmp_path):
     for name, data in files.items():
         (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "imgs" / name).write_bytes(data)
-    spec = make_spec(tmp_path, kind="image_folder", root="imgs")
+    spec = source_spec(tmp_path, kind="image_folder", root="imgs")
 
     examples = parse_all(tf, prepare_shards(spec, 2, "none", tmp_path / "s"))
 
@@ -397,9 +394,9 @@ def test_image_folder_problems(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no_images" / "cat").mkdir(parents=True)
     (tmp_path / "no_images" / "cat" / "x.txt").write_text("x")
-    no_classes = check_source(make_spec(tmp_path, kind="image_folder", root="empty"))
-    no_images = check_source(make_spec(tmp_path, kind="image_folder", root="no_images"))
-    missing = check_source(make_spec(tmp_path, kind="image_folder", root="nowhere"))
+    no_classes = check_source(source_spec(tmp_path, kind="image_folder", root="empty"))
+    no_images = check_source(source_spec(tmp_path, kind="image_folder", root="no_images"))
+    missing = check_source(source_spec(tmp_path, kind="image_folder", root="nowhere"))
     assert no_classes == [
         (
             ("source", "root"),
@@ -413,7 +410,7 @@ def test_image_folder_problems(tmp_path):
 def test_a_file_that_is_not_an_image_is_a_source_error(tf, tmp_path):
     (tmp_path / "imgs" / "cat").mkdir(parents=True)
     (tmp_path / "imgs" / "cat" / "x.jpg").write_bytes(b"GIF89a...")
-    spec = make_spec(tmp_path, kind="image_folder", root="imgs")
+    spec = source_spec(tmp_path, kind="image_folder", root="imgs")
     with pytest.raises(SourceError, match=r"x\.jpg: must be a JPEG or PNG file"):
         prepare_shards(spec, 1, "none", tmp_path / "s")
 
@@ -431,11 +428,11 @@ def test_empty_glob_is_a_problem_naming_the_folder(tmp_path):
 
 
 def test_missing_csv_and_missing_label_column_are_problems(tmp_path):
-    missing = make_spec(tmp_path, kind="csv", path="nope.csv", label="y")
+    missing = source_spec(tmp_path, kind="csv", path="nope.csv", label="y")
     assert problem_paths(missing) == [("source", "path")]
     assert str(tmp_path / "nope.csv") in check_source(missing)[0][1]
     (tmp_path / "d.csv").write_text("a,b,bad col\n1,2,3\n")
-    problems = check_source(make_spec(tmp_path, kind="csv", path="d.csv", label="y"))
+    problems = check_source(source_spec(tmp_path, kind="csv", path="d.csv", label="y"))
     expected = "label column 'y' not in columns ['a', 'b', 'bad col']"
     assert (("source", "label"), expected) in problems
     assert any(p == ("source", "path") and "'bad col' must match" in m for p, m in problems)
@@ -468,7 +465,7 @@ def test_wrong_declared_compression_is_a_source_error(tf, tmp_path):
 
 
 def test_shards_and_compression_are_checked(tmp_path):
-    spec = make_spec(tmp_path, kind="synthetic_images")
+    spec = source_spec(tmp_path, kind="synthetic_images")
     with pytest.raises(ValueError, match="`shards >= 1` must hold, but got 0"):
         prepare_shards(spec, 0, "none", tmp_path)
     with pytest.raises(ValueError, match="compression must be one of"):
@@ -476,7 +473,7 @@ def test_shards_and_compression_are_checked(tmp_path):
 
 
 def test_more_shards_than_records_gives_empty_shards(tf, tmp_path):
-    spec = make_spec(tmp_path, kind="synthetic_images", num_examples=2, image_size=(8, 8))
+    spec = source_spec(tmp_path, kind="synthetic_images", num_examples=2, image_size=(8, 8))
     shard_set = prepare_shards(spec, 4, "none", tmp_path / "s")
     assert shard_set.manifest.shard_counts == (1, 1, 0, 0)
     assert [len(s) for s in read_shards(tf, shard_set)] == [1, 1, 0, 0]

@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipetune.cli import print_json
+    from pipetune.emit import write_best
     from pipetune.outputs import json_document, write_outputs
     from pipetune.sweep import SweepOptions, run_sweep
     from pipetune.validate import load_spec
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.stop()
     paths = write_outputs(outcome)
+    if outcome.ranking.best is not None:
+        paths["best_pipeline"] = write_best(outcome)
     if args.json:
         print_json(json_document(outcome))
     _print_summary(console if args.json else Console(), outcome, paths)
@@ -113,8 +116,8 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
     if failed:
         console.print(f"{len(failed)} failed trial(s): see results.csv for reasons")
     console.print(f"{len(outcome.dropped)} variant(s) dropped before the sweep as invalid (see results.csv)")
-    console.print(f"wrote {paths['results_csv']} and {paths['results_json']}")
-    console.print("best_pipeline.py and report.html are not produced yet (see README: status)")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    console.print("report.html is not produced yet (see README: status)")
 
 
 def _print_verdict(console: Console, outcome) -> None:
