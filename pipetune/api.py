@@ -20,7 +20,7 @@ def sweep(spec: str | Path, **options: Any) -> Any:
         A ``SweepResults`` with ``trials`` (a pandas DataFrame), ``ranking`` and ``paths``.
     """
     from pipetune.outputs import write_outputs
-    from pipetune.sweep import SweepOptions, run_sweep
+    from pipetune.runner import SweepOptions, run_sweep
 
     loaded = load_spec(spec)
     options.setdefault("out_dir", Path("reports") / loaded.name)

@@ -14,12 +14,12 @@ from pathlib import Path
 from pipetune import __version__, stats
 from pipetune.effects import PairEffect, evidence_for
 from pipetune.errors import UsageError
-from pipetune.plan import Plan, comment_lines
+from pipetune.plan import DataLayout, Plan, comment_lines
 from pipetune.ranking import Comparison, RankedTrial
 from pipetune.results import TrialResult
 from pipetune.space import describe
 from pipetune.spec import PipelineParams
-from pipetune.sweep import ShardLayouts, SweepOutcome
+from pipetune.runner import ShardLayouts, SweepOutcome
 
 BEST_NAME = "best_pipeline.py"
 
@@ -44,15 +44,20 @@ def chosen(outcome: SweepOutcome, rank: int = 1) -> RankedTrial:
     return ranked[rank - 1]
 
 
-def plan_for(outcome: SweepOutcome, trial: TrialResult) -> Plan:
+def plan_for(outcome: SweepOutcome, trial: TrialResult, data: DataLayout | None = None) -> Plan:
+    """The trial's Plan over the sweep's shards (found again, never rewritten if unchanged)."""
     params = PipelineParams(**trial.params)
-    layout = ShardLayouts(outcome.spec, outcome.out_dir / "shards").get(params.shards, params.compression)
-    return Plan.from_variant(outcome.spec, params, layout.data)
+    if data is None:
+        shards = ShardLayouts(outcome.spec, outcome.out_dir / "shards")
+        data = shards.get(params.shards, params.compression).data
+    return Plan.from_variant(outcome.spec, params, data)
 
 
-def render_best(outcome: SweepOutcome, rank: int = 1, today: datetime.date | None = None) -> str:
+def render_best(outcome: SweepOutcome, rank: int = 1, today: datetime.date | None = None,
+                data: DataLayout | None = None) -> str:
+    """``best_pipeline.py``'s text; ``data`` overrides where the shards are (tests, other hosts)."""
     ranked = chosen(outcome, rank)
-    plan = plan_for(outcome, ranked.trial)
+    plan = plan_for(outcome, ranked.trial, data)
     comments = {stage: _stage_comment(outcome, ranked.trial, stage) for stage in _STAGE_EVIDENCE}
     return plan.render(header=_header(outcome, ranked, rank, today or datetime.date.today()),
                        comments=comments)

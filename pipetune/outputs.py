@@ -15,7 +15,7 @@ from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_to_dict
 from pipetune.space import describe
 from pipetune.spec import PipelineParams
-from pipetune.sweep import SweepOutcome
+from pipetune.runner import SweepOutcome
 
 SCHEMA_VERSION = 1
 
@@ -66,13 +66,18 @@ def _row(result: TrialResult, ranked: RankedTrial | None, epochs: int) -> dict[s
 
 
 def write_outputs(outcome: SweepOutcome) -> dict[str, Path]:
-    """Write results.csv and results.json (raw trials, for ``pipetune report``/``emit``)."""
+    """Write results.csv, results.json (raw trials, for ``pipetune report``/``emit``) and, when
+    a variant completed, best_pipeline.py."""
+    from pipetune.emit import write_best
+
     out = outcome.out_dir
-    csv_path, json_path = out / "results.csv", out / "results.json"
+    paths = {"results_csv": out / "results.csv", "results_json": out / "results.json"}
     frame = pd.DataFrame(result_rows(outcome))
-    frame.sort_values(["rank", "state", "key"], na_position="last").to_csv(csv_path, index=False)
-    json_path.write_text(json.dumps(json_document(outcome, raw=True), indent=1, default=str))
-    return {"results_csv": csv_path, "results_json": json_path}
+    frame.sort_values(["rank", "state", "key"], na_position="last").to_csv(paths["results_csv"], index=False)
+    paths["results_json"].write_text(json.dumps(json_document(outcome, raw=True), indent=1, default=str))
+    if outcome.ranking.best is not None:
+        paths["best_pipeline"] = write_best(outcome)
+    return paths
 
 
 def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:

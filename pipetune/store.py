@@ -11,7 +11,7 @@ from pipetune.ranking import rank
 from pipetune.serialize import trial_from_dict
 from pipetune.space import Dropped
 from pipetune.spec import PipelineParams, Spec
-from pipetune.sweep import SweepOutcome
+from pipetune.runner import SweepOutcome
 
 RESULTS_NAME = "results.json"
 

@@ -35,7 +35,7 @@ from pipetune.search import FULL_RUNG, SHORT_RUNG, SearchPlan, plan_search
 from pipetune.serialize import trial_from_json
 from pipetune.space import variant_key
 from pipetune.spec import PipelineParams
-from pipetune.sweep import study_name
+from pipetune.runner import study_name
 from pipetune.validate import load_spec
 
 pytestmark = pytest.mark.slow

@@ -33,9 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipetune.cli import print_json
-    from pipetune.emit import write_best
     from pipetune.outputs import json_document, write_outputs
-    from pipetune.sweep import SweepOptions, run_sweep
+    from pipetune.runner import SweepOptions, run_sweep
     from pipetune.validate import load_spec
 
     spec = load_spec(args.spec)
@@ -53,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.stop()
     paths = write_outputs(outcome)
-    if outcome.ranking.best is not None:
-        paths["best_pipeline"] = write_best(outcome)
     if args.json:
         print_json(json_document(outcome))
     _print_summary(console if args.json else Console(), outcome, paths)

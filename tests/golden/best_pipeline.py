@@ -1,0 +1,95 @@
+# best_pipeline.py: the tf.data pipeline pipetune measured fastest for 'golden-demo'
+#
+# Spec:        golden-demo (hash ed74005e29f9928c)
+# Generated:   2026-01-02 by pipetune 0.1.0; rank 1 of 5 ranked variants (grid, train mode)
+# Environment: TensorFlow 2.21.0, Keras 3.15.1, Python 3.11.7; CPU Test CPU (2 cores); No NVIDIA GPU (NVML library not found)
+# Variant:     k-8cc6da: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
+# Measured:    3047.6 examples/s (median of 3 bursts, 95% CI 2909.1-3200.0); input wait 25% of step time
+# Speed-up:    3.41x vs naive (95% CI 3.20-3.64, significant; by time to train)
+# Speed-up:    1.75x vs autotune-default (95% CI 1.60-1.91, significant; by time to train)
+#
+# Use it from a training script:
+#     import best_pipeline
+#     best_pipeline.apply_precision_policy()  # before building the model
+#     dataset = best_pipeline.make_dataset()
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+FILE_PATTERN = '/data/demo/part-*.tfrecord'
+COMPRESSION = ''
+CACHE_PATH = 'pipetune-cache-golden-demo'  # used only by a disk cache
+PRECISION_POLICY = 'float32'
+FEATURES = {
+    'image': tf.io.FixedLenFeature([], tf.string),
+    'label': tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def prepare(record):
+    example = tf.io.parse_single_example(record, FEATURES)
+    example['image'] = tf.io.decode_image(example['image'], channels=3, expand_animations=False)
+    return example
+
+
+def augment(example, training=True):
+    example = dict(example)
+    if training:
+        example['image'] = tf.image.random_flip_left_right(example['image'])
+    example['image'] = (tf.cast(example['image'], tf.float32) - 0.0) / 255.0
+    return example
+
+
+def to_model_inputs(example):
+    return example['image'], example['label']
+
+
+def make_options():
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_and_batch_fusion = True
+    return options
+
+
+def apply_precision_policy():
+    """Set the Keras mixed-precision policy this pipeline was measured with.
+
+    Call it once, before building the model. Keep the model's output layer float32.
+    """
+    keras.mixed_precision.set_global_policy(PRECISION_POLICY)
+
+
+def make_dataset(file_pattern=FILE_PATTERN, training=True, cache_path=CACHE_PATH):
+    """The measured tf.data pipeline; ``training=False`` skips shuffling and random ops."""
+    # parallel interleave over 8 files, cycle 4 (no measured variant differs from this one in
+    # interleave_cycle only)
+    files = tf.data.Dataset.list_files(file_pattern, shuffle=False)
+    ds = files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION),
+        cycle_length=4,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    # map with num_parallel_calls=autotune: 2.95x throughput (median of 3 bursts, 95% CI
+    # 2.73-3.30x) vs map_parallel=1
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # memory cache after the deterministic ops: fill 0.9 s once, then 2.00x throughput (median of 3
+    # bursts, 95% CI 1.82-2.20x) per epoch vs no cache
+    ds = ds.cache()
+    ds = ds.map(
+        lambda example: augment(example, training),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # batch 32 (no measured variant differs from this one in batch_size only)
+    ds = ds.batch(32, drop_remainder=False)
+    # prefetch autotune: 1.24x throughput (median of 3 bursts, 95% CI 1.09-1.40x) vs no prefetch
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    # tf.data's shared thread pool (no measured variant differs from this one in
+    # private_threadpool_size only)
+    ds = ds.with_options(make_options())
+    return ds
