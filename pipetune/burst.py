@@ -36,12 +36,16 @@ class BurstTiming:
 
 
 def run_burst(batches: Iterable[Any], consume: Consumer, plan: BurstPlan,
-              clock: Callable[[], int] = time.perf_counter_ns) -> BurstTiming:
+              clock: Callable[[], int] = time.perf_counter_ns,
+              examples_in: Callable[[Any], int] | None = None) -> BurstTiming:
     """Drive ``consume`` with batches from ``batches`` (an endless iterable) and time it.
 
     The first batch's latency is start-up (tracing, file opening, autotune's first guesses).
     Cache fill, when asked for, is the wall time of the whole first epoch, start-up included.
+    ``examples_in(batch)`` counts a batch's examples (an epoch's last batch may be partial);
+    without it every batch counts ``plan.batch_size``.
     """
+    count = examples_in or (lambda batch: plan.batch_size)
     iterator = iter(batches)
     start = clock()
     first = next(iterator)
@@ -49,22 +53,21 @@ def run_burst(batches: Iterable[Any], consume: Consumer, plan: BurstPlan,
     consume(first)
     fill_ns = None
     if plan.fill_epoch:
-        _run_steps(iterator, consume, plan.steps_per_epoch - 1, clock)
+        _run_steps(iterator, consume, plan.steps_per_epoch - 1, clock, count)
         fill_ns = clock() - start
-    _run_steps(iterator, consume, plan.warmup_steps, clock)
+    _run_steps(iterator, consume, plan.warmup_steps, clock, count)
     repeats = []
     for _ in range(plan.repeats):
-        request, wait, step = _run_steps(iterator, consume, plan.steps, clock)
-        repeats.append(RepeatTiming(tuple(request), tuple(wait), tuple(step),
-                                    examples=plan.steps * plan.batch_size))
+        request, wait, step, examples = _run_steps(iterator, consume, plan.steps, clock, count)
+        repeats.append(RepeatTiming(tuple(request), tuple(wait), tuple(step), examples=examples))
     windows = tuple((r.start_ns, r.end_ns) for r in repeats)
     return BurstTiming(startup_ns, fill_ns, tuple(repeats), windows)
 
 
-def _run_steps(iterator: Iterator[Any], consume: Consumer, count: int,
-               clock: Callable[[], int]) -> tuple[list[int], list[int], list[int]]:
-    requests, waits, steps = [], [], []
-    for _ in range(count):
+def _run_steps(iterator: Iterator[Any], consume: Consumer, number: int, clock: Callable[[], int],
+               count: Callable[[Any], int]) -> tuple[list[int], list[int], list[int], int]:
+    requests, waits, steps, examples = [], [], [], 0
+    for _ in range(number):
         requested = clock()
         batch = next(iterator)
         received = clock()
@@ -73,7 +76,8 @@ def _run_steps(iterator: Iterator[Any], consume: Consumer, count: int,
         requests.append(requested)
         waits.append(received - requested)
         steps.append(done - received)
-    return requests, waits, steps
+        examples += count(batch)  # after the step's timestamps: no timed span includes it
+    return requests, waits, steps, examples
 
 
 def sleeping_consumer(step_time_ms: float) -> Consumer:

@@ -57,7 +57,7 @@ class Plan:
         ops = spec.ops
         first_random = next((i for i, op in enumerate(ops) if op.is_random), len(ops))
         aliases = {i: f"user_fn_{i}" for i, op in enumerate(ops) if isinstance(op, Call)}
-        stages = [_read_stage(params), _map_stage("prepare", params)]
+        stages = [_read_stage(params, spec.storage.read_latency_ms), _map_stage("prepare", params)]
         if params.cache != "none":
             stages.append(_cache_stage(params))
         if params.shuffle_buffer:
@@ -79,7 +79,7 @@ class Plan:
         if first_random < len(ops):
             definitions.insert(2, _function("augment", "example, training=True", ops[first_random:],
                                             aliases, start=first_random))
-        if any(isinstance(op, Sleep) for op in ops):
+        if any(isinstance(op, Sleep) for op in ops) or spec.storage.read_latency_ms:
             definitions.insert(1, WAIT_HELPER.strip("\n"))
         imports = tuple(_user_import(ops[i], alias) for i, alias in aliases.items())
         plan = cls(spec.name, params, data, tuple(stages), tuple(definitions), imports)
@@ -158,13 +158,15 @@ def _num(value: int | str) -> str:
     return _AUTOTUNE if value == "autotune" else repr(value)
 
 
-def _read_stage(params: PipelineParams) -> Stage:
+def _read_stage(params: PipelineParams, latency_ms: float = 0.0) -> Stage:
     files = "files = tf.data.Dataset.list_files(file_pattern, shuffle=False)"
+    # Simulated storage: each file is read as one stream that waits per record.
+    slow = f".map(lambda record: wait_then_pass(record, {latency_ms / 1000.0!r}))" if latency_ms else ""
     if params.interleave_cycle == 1:
-        return Stage("read", (files, "ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION)"))
+        return Stage("read", (files, f"ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION){slow}"))
     parallel = _AUTOTUNE if params.interleave_parallel else "None"
     return Stage("read", (files, *_call("ds = files.interleave", [
-        "lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION)",
+        f"lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION){slow}",
         f"cycle_length={_num(params.interleave_cycle)}",
         f"block_length={params.interleave_block!r}",
         f"num_parallel_calls={parallel}",

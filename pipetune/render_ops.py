@@ -102,9 +102,9 @@ def render_op(op: Op, alias: str = "") -> list[str]:
 
 
 WAIT_HELPER = '''
-def wait_then_pass(example, seconds):
+def wait_then_pass(element, seconds):
     """A known per-element cost that blocks without using the CPU, like a remote read."""
     done = tf.py_function(lambda: time.sleep(seconds) is None, [], tf.bool)
     with tf.control_dependencies([done]):
-        return {key: tf.identity(value) for key, value in example.items()}
+        return tf.nest.map_structure(tf.identity, element)
 '''

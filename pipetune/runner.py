@@ -93,7 +93,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     board = search.ClaimBoard(storage_url, study_name(spec))
     state = search.SearchState(
         study=search.open_study(storage_url, study_name(spec), objective), board=board,
-        measure=lambda variant, steps: _measure(spec, variant, steps, mode, layouts, options.out_dir),
+        measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda *_: None),
@@ -139,13 +139,14 @@ class _Layout:
         return cls(data, manifest.num_examples, manifest.total_bytes / max(1, manifest.num_examples))
 
 
-def _measure(spec: Spec, variant: Variant, steps: int, mode: str, layouts: ShardLayouts,
-             out_dir: Path) -> TrialResult:
+def measure_variant(spec: Spec, variant: Variant, steps: int, mode: str, layouts: ShardLayouts,
+                    out_dir: Path, consumer_ceiling: bool = False) -> TrialResult:
+    """Measure one variant in its own process, as the sweep does."""
     layout = layouts.get(variant.params.shards, variant.params.compression)
     request = TrialRequest(spec=spec, params=variant.params, role=variant.role, key=variant.key,
                            data=layout.data, num_examples=layout.num_examples, mode=mode,
                            warmup_steps=spec.measure.warmup_steps, steps=steps,
-                           repeats=spec.measure.repeats)
+                           repeats=spec.measure.repeats, consumer_ceiling=consumer_ceiling)
     scratch = out_dir / "scratch"
     scratch.mkdir(exist_ok=True)
     return run_trial(request, spec.measure.timeout_s, int(spec.resources.ram_budget_gb * 2**30), scratch)

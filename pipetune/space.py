@@ -88,6 +88,7 @@ def reference_variants(spec: Spec, device: Device) -> list[Variant]:
     autotune = base.model_copy(update={
         "shards": most_shards, "interleave_cycle": "autotune" if most_shards > 1 else 1,
         "interleave_parallel": True, "map_parallel": "autotune", "prefetch": "autotune",
+        "private_threadpool_size": 0, "autotune_ram_budget_mb": 0, "autotune_cpu_budget": 0,
     })
     variants = [Variant(canonical(naive), Role.NAIVE), Variant(canonical(autotune), Role.AUTOTUNE_DEFAULT)]
     if spec.baseline is not None:

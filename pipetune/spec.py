@@ -359,6 +359,13 @@ class SearchSpec(Strict):
     space: SearchSpace = Field(default_factory=SearchSpace)
 
 
+class StorageSpec(Strict):
+    """Simulated storage: a blocking wait per record read, in the read stage (per file), as a
+    remote or network file system would add. For benchmarks and what-if planning."""
+
+    read_latency_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+
+
 class ResourcesSpec(Strict):
     ram_budget_gb: Annotated[float, Field(gt=0)] = 8.0
 
@@ -373,6 +380,7 @@ class Spec(Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     baseline: PipelineParams | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
     # Where the spec lives: relative paths and user modules resolve against it. Not in the YAML.
     base_dir: str = Field(default=".", exclude=True)
 

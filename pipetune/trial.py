@@ -40,6 +40,8 @@ class TrialRequest:
     steps: int
     repeats: int
     monitor_interval_s: float = 0.05
+    # Measure the consumer alone on one batch held in memory: the physical limit of the step.
+    consumer_ceiling: bool = False
 
 
 def failed(request: TrialRequest, reason: str, **measured: object) -> TrialResult:

@@ -64,13 +64,16 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         module = plan.load_module(scratch)
         dataset = module.make_dataset(training=True, cache_path=str(scratch / "cache"))
         consume = _consumer(request, dataset)
+        if request.consumer_ceiling:
+            dataset = _one_batch_in_memory(dataset)
         burst_plan = BurstPlan(request.warmup_steps, request.steps, request.repeats,
-                               steps_per_epoch=_steps_per_epoch(request), fill_epoch=params.cache != "none",
+                               steps_per_epoch=_steps_per_epoch(request),
+                               fill_epoch=params.cache != "none" and not request.consumer_ceiling,
                                batch_size=params.batch_size)
         monitors = Monitors(interval_s=request.monitor_interval_s)
         monitors.start()
         try:
-            timing = run_burst(dataset.repeat(), consume, burst_plan)
+            timing = run_burst(dataset.repeat(), consume, burst_plan, examples_in=_batch_examples)
         finally:
             whole = monitors.stop()
     timed = clip(whole, list(timing.windows))
@@ -84,6 +87,17 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         monitor=whole, environment=environment(request), budget_steps=request.steps,
         pipeline_source=plan.render(),
     )
+
+
+def _batch_examples(batch: Any) -> int:
+    """Examples in one ``(features, labels)`` batch; an epoch's last batch may be partial."""
+    return int(batch[1].shape[0])
+
+
+def _one_batch_in_memory(dataset: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensors(next(iter(dataset)))
 
 
 def _steps_per_epoch(request: TrialRequest) -> int:

@@ -82,39 +82,60 @@ class _Progress:
         self.status.stop()
 
 
+_SHORT = {"shards": "shards", "compression": "compr.", "interleave_cycle": "inter.",
+          "interleave_block": "block", "interleave_parallel": "par. il.", "map_parallel": "map",
+          "cache": "cache", "shuffle_buffer": "shuffle", "batch_size": "batch",
+          "drop_remainder": "drop rem.", "prefetch": "prefetch", "precision": "precision",
+          "deterministic": "determ.", "private_threadpool_size": "pool",
+          "map_and_batch_fusion": "fusion", "autotune_ram_budget_mb": "ram MB",
+          "autotune_cpu_budget": "cpu budget"}
+
+
+def _compact(value: object) -> str:
+    return {"autotune": "auto", "memory": "mem", "none": "-", True: "yes", False: "no"}.get(value, str(value))
+
+
+def _varying(trials) -> list[str]:
+    """The parameters that differ between the ranked trials: the only ones worth a column."""
+    return [name for name in _SHORT if len({repr(t.trial.params[name]) for t in trials}) > 1]
+
+
 def _print_summary(console: Console, outcome, paths: dict) -> None:
     from pipetune.outputs import trial_metrics
-    from pipetune.space import describe
-    from pipetune.spec import PipelineParams
 
     ranking = outcome.ranking
     epochs = outcome.spec.measure.epochs_planned
-    unit = "examples/s" if ranking.objective == "throughput" else f"s for {epochs} epochs"
+    unit = "ex/s" if ranking.objective == "throughput" else "time s"
+    shown = ranking.ranked[:12]
+    columns = _varying(shown)
     table = Table(title=f"{outcome.spec.name}: {len(ranking.ranked)} ranked trials "
-                        f"({outcome.strategy}, {outcome.mode} mode, objective {ranking.objective})")
-    for column in ("#", "tie", "variant", f"median ({unit})", "95% CI", "input wait", "CPU %"):
-        table.add_column(column)
-    for ranked in ranking.ranked[:10]:
-        metrics = trial_metrics(ranked.trial, epochs)
-        label = ranked.trial.role.value if ranked.trial.role.value != "candidate" else ranked.trial.key
+                        f"({outcome.strategy}, {outcome.mode} mode, by {ranking.objective}"
+                        + (f" over {epochs} epochs)" if ranking.objective == "time_to_train" else ")"))
+    for column in ("#", "=", "variant", *(_SHORT[c] for c in columns), unit, "95% CI", "wait", "CPU"):
+        table.add_column(column, no_wrap=True)
+    for ranked in shown:
+        trial = ranked.trial
+        wait = trial_metrics(trial, epochs)["input_wait_fraction"]
         table.add_row(str(ranked.position), "=" if ranked.tied_with_previous else "",
-                      f"{label}: {describe(PipelineParams(**ranked.trial.params))}",
+                      trial.role.value if trial.role.value != "candidate" else trial.key[:8],
+                      *(_compact(trial.params[c]) for c in columns),
                       f"{ranked.median:.1f}", f"{ranked.ci_low:.1f}–{ranked.ci_high:.1f}",
-                      f"{metrics['input_wait_fraction']:.0%}",
-                      f"{ranked.trial.cpu_percent:.0f}" if ranked.trial.cpu_percent is not None else "–")
+                      f"{wait:.0%}", f"{trial.cpu_percent:.0f}" if trial.cpu_percent is not None else "–")
     console.print(table)
+    console.print("= : tied with the row above (the data cannot tell them apart; cheaper first)")
     for c in ranking.comparisons:
         verdict = "significantly faster" if c.significant else "not significantly different"
-        console.print(f"vs {c.reference.trial.role.value}: {c.speedup:.2f}x "
+        console.print(f"best vs {c.reference.trial.role.value}: {c.speedup:.2f}x "
                       f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {verdict}"
                       + (" [batch size differs from yours]" if c.batch_size_differs else ""))
     _print_verdict(console, outcome)
-    failed = [r for r in outcome.results if r.state.value in ("failed",)]
+    failed = [r for r in outcome.results if r.state.value == "failed"]
     if failed:
         console.print(f"{len(failed)} failed trial(s): see results.csv for reasons")
-    console.print(f"{len(outcome.dropped)} variant(s) dropped before the sweep as invalid (see results.csv)")
+    skipped = sum(r.state.value in ("skipped", "pruned") for r in outcome.results)
+    console.print(f"{len(outcome.dropped)} variant(s) dropped as invalid, {skipped} skipped or pruned "
+                  "(reasons in results.csv)")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
-    console.print("report.html is not produced yet (see README: status)")
 
 
 def _print_verdict(console: Console, outcome) -> None:

@@ -1,0 +1,251 @@
+"""pipetune's claim, measured side by side: python benchmarks/run.py [--quick] [--only NAME]
+
+Per workload, in one run:
+  1. the exhaustive grid (the oracle's sweep) and two independent sweeps with the default
+     strategy under a budget of 30% of the grid's tuning time (seeds 1 and 2); their order
+     alternates between workloads;
+  2. a head-to-head: naive, autotune-default, the pick and the oracle measured again in
+     alternating order (ABCD, then DCBA in the full run), so every ratio comes from one run;
+  3. the consumer's ceiling: the step alone on one batch held in memory.
+Writes reports/benchmarks/benchmarks.csv and benchmarks.md, including the monitor overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from monitor_overhead import measure_overhead  # noqa: E402
+from workloads import WORKLOADS, Workload  # noqa: E402
+
+from pipetune import stats  # noqa: E402
+from pipetune.device import detect_device  # noqa: E402
+from pipetune.ranking import beats, rank  # noqa: E402
+from pipetune.results import Role, TrialResult  # noqa: E402
+from pipetune.runner import ShardLayouts, SweepOptions, SweepOutcome, effective_mode, measure_variant, run_sweep  # noqa: E402
+from pipetune.space import Variant  # noqa: E402
+from pipetune.spec import PipelineParams, Spec  # noqa: E402
+from pipetune.validate import load_spec  # noqa: E402
+
+PICK_BUDGET_FRACTION = 0.30
+OUT = ROOT / "reports" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    work: Path
+
+    @property
+    def head_to_head_orders(self) -> list[list[str]]:
+        order = ["naive", "autotune-default", "pick", "oracle"]
+        return [order] if self.quick else [order, order[::-1]]
+
+
+def prepare_spec(workload: Workload, settings: Settings) -> Spec:
+    folder = settings.work / workload.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, write in workload.files.items():
+        if not (folder / name).exists():
+            write(folder / name)
+    data = dict(workload.spec)
+    if not settings.quick:
+        data["measure"] = {**data["measure"], "steps": 20, "repeats": 5}
+    (folder / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(folder / "data.yaml")
+
+
+def sweep(spec: Spec, out: Path, strategy: str | None, budget: float | None, seed: int) -> SweepOutcome:
+    return run_sweep(spec, SweepOptions(out_dir=out, strategy=strategy, budget_s=budget, seed=seed))
+
+
+def best(outcome: SweepOutcome) -> TrialResult:
+    if outcome.ranking.best is None:
+        raise RuntimeError(f"no variant completed in {outcome.out_dir}")
+    return outcome.ranking.best.trial
+
+
+def reference(outcome: SweepOutcome, role: Role) -> TrialResult:
+    return next(r for r in outcome.results if r.role is role)
+
+
+def head_to_head(spec: Spec, variants: dict[str, PipelineParams], settings: Settings,
+                 folder: Path) -> dict[str, list[TrialResult]]:
+    """Measure the four contenders again, alternating their order; a pick equal to the oracle is
+    measured once per round and counted for both."""
+    mode = effective_mode(spec, None)
+    layouts = ShardLayouts(spec, folder / "shards")
+    measured: dict[str, list[TrialResult]] = {name: [] for name in variants}
+    for order in settings.head_to_head_orders:
+        done: dict[str, TrialResult] = {}
+        for name in order:
+            params = variants[name]
+            twin = next((n for n, r in done.items() if variants[n] == params), None)
+            result = done[twin] if twin else measure_variant(
+                spec, Variant(params), spec.measure.steps, mode, layouts, folder)
+            done[name] = result
+            measured[name].append(result)
+    return measured
+
+
+def objective_values(results: list[TrialResult], objective: str, epochs: int) -> list[float]:
+    if objective == "throughput":
+        return [v for r in results for v in stats.repeat_throughputs(r)]
+    return [v for r in results for v in stats.repeat_time_to_train_s(r, epochs)]
+
+
+def speedup(a: list[float], b: list[float], objective: str) -> tuple[float, float, float]:
+    """a's speed-up over b (>1 = a faster), with a bootstrap CI."""
+    return stats.ratio_ci(a, b) if objective == "throughput" else stats.ratio_ci(b, a)
+
+
+def repeatable(grid: SweepOutcome, first: TrialResult, second: TrialResult) -> bool:
+    """Same variant, or a statistical tie by the grid's own measurements of both."""
+    if first.key == second.key:
+        return True
+    ranked = {r.trial.key: r for r in grid.ranking.ranked}
+    a, b = ranked.get(first.key), ranked.get(second.key)
+    if a is None or b is None:
+        return False
+    higher = grid.ranking.objective == "throughput"
+    return not beats(a, b, higher) and not beats(b, a, higher)
+
+
+def run_workload(workload: Workload, settings: Settings) -> dict:
+    spec = prepare_spec(workload, settings)
+    folder = settings.work / workload.name
+    started = time.time()
+    # The grid runs first: the picks' budget is a fraction of its tuning time.
+    sweeps = {"grid": sweep(spec, folder / "grid", "grid", 10_000, 0)}
+    budget = PICK_BUDGET_FRACTION * sweeps["grid"].tuning_time_s
+    for seed, name in enumerate(("pick_a", "pick_b"), start=1):
+        sweeps[name] = sweep(spec, folder / name, None, budget, seed)
+    grid, pick = sweeps["grid"], sweeps["pick_a"]
+    contenders = {"naive": reference(grid, Role.NAIVE).params,
+                  "autotune-default": reference(grid, Role.AUTOTUNE_DEFAULT).params,
+                  "pick": best(pick).params, "oracle": best(grid).params}
+    contenders = {name: PipelineParams(**params) for name, params in contenders.items()}
+    measured = head_to_head(spec, contenders, settings, folder / "head-to-head")
+    ceiling = measure_variant(spec, Variant(contenders["autotune-default"]), spec.measure.steps,
+                              effective_mode(spec, None), ShardLayouts(spec, folder / "head-to-head" / "shards"),
+                              folder / "head-to-head", consumer_ceiling=True)
+    return summarise(workload, spec, sweeps, measured, ceiling, time.time() - started)
+
+
+def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
+              measured: dict[str, list[TrialResult]], ceiling: TrialResult, wall_s: float) -> dict:
+    grid, pick = sweeps["grid"], sweeps["pick_a"]
+    objective, epochs = grid.ranking.objective, spec.measure.epochs_planned
+    values = {name: objective_values(results, objective, epochs) for name, results in measured.items()}
+    vs = {name: speedup(values["pick"], values[name], objective) for name in ("oracle", "autotune-default", "naive")}
+    pick_throughput = [v for r in measured["pick"] for v in stats.repeat_throughputs(r)]
+    ceiling_throughput = stats.repeat_throughputs(ceiling) if ceiling.repeats else [float("nan")]
+    pick_trial = best(pick)
+    row = {
+        "workload": workload.name, "bottleneck": workload.bottleneck, "objective": objective,
+        "grid_variants": len(grid.ranking.ranked), "pick_strategy": pick.strategy,
+        "pick": pick_trial.key, "oracle": best(grid).key,
+        **{f"pick_vs_{k}": v[0] for k, v in vs.items()},
+        **{f"pick_vs_{k}_ci": f"{v[1]:.2f}-{v[2]:.2f}" for k, v in vs.items()},
+        "tuning_ratio": pick.tuning_time_s / grid.tuning_time_s,
+        "grid_tuning_s": grid.tuning_time_s, "pick_tuning_s": pick.tuning_time_s,
+        "repeatable": repeatable(grid, pick_trial, best(sweeps["pick_b"])),
+        "pick_of_ceiling": stats.median_iqr(pick_throughput)[0] / stats.median_iqr(ceiling_throughput)[0],
+        "pick_cache": pick_trial.params["cache"],
+        "pick_says_beats_autotune": any(c.significant for c in pick.ranking.comparisons
+                                        if c.reference.trial.role is Role.AUTOTUNE_DEFAULT),
+        "wall_s": wall_s,
+    }
+    row["targets"] = "; ".join(missed_targets(workload, row, vs)) or "met"
+    return row
+
+
+def missed_targets(workload: Workload, row: dict, vs: dict) -> list[str]:
+    missed = []
+    if row["pick_vs_oracle"] < 0.95:
+        missed.append("pick below 95% of oracle")
+    if vs["autotune-default"][2] < 1.0:  # the whole CI below 1: significantly slower
+        missed.append("pick significantly slower than autotune-default")
+    if workload.must_beat_autotune and row["pick_vs_autotune-default"] < 1.5:
+        missed.append("pick < 1.5x autotune-default")
+    if row["tuning_ratio"] > PICK_BUDGET_FRACTION:
+        missed.append("tuning time > 30% of grid")
+    if not row["repeatable"]:
+        missed.append("two sweeps disagree")
+    if workload.cache_must_not_win and row["pick_cache"] != "none":
+        missed.append("a cache won with 1 epoch planned")
+    if workload.nothing_beats_autotune and row["pick_says_beats_autotune"]:
+        missed.append("claims to beat autotune-default on a consumer-bound workload")
+    return missed
+
+
+def write_tables(rows: list[dict], overhead: dict, settings: Settings, wall_s: float) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(OUT / "benchmarks.csv", index=False)
+    device = detect_device()
+    import tensorflow as tf
+
+    lines = [
+        f"# pipetune benchmarks ({'quick' if settings.quick else 'full'} run)", "",
+        f"Date {datetime.date.today().isoformat()}; machine: {device.cpu_model}, {device.cpu_cores} cores, "
+        f"{device.accelerator_note or 'GPU'}; Python {platform.python_version()}, TensorFlow {tf.__version__}; "
+        f"total wall time {wall_s / 60:.1f} min. Every workload runs in simulate mode (known consumer rate). "
+        "Speed-ups are medians over the head-to-head repeats (>1 = the pick is faster), "
+        "95% bootstrap CI in brackets.", "",
+        "| workload | objective | pick vs oracle | pick vs autotune-default | pick vs naive | "
+        "tuning / grid | repeatable | pick / ceiling | targets |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['objective']} | {r['pick_vs_oracle']:.2f} ({r['pick_vs_oracle_ci']}) | "
+            f"{r['pick_vs_autotune-default']:.2f} ({r['pick_vs_autotune-default_ci']}) | "
+            f"{r['pick_vs_naive']:.2f} ({r['pick_vs_naive_ci']}) | {r['tuning_ratio']:.2f} | "
+            f"{'yes' if r['repeatable'] else 'no'} | {r['pick_of_ceiling']:.2f} | {r['targets']} |")
+    met = sum(r["repeatable"] for r in rows)
+    lines += ["", f"Repeatability: {met} of {len(rows)} workload pairs (target: at least 9 of 10).",
+              "", f"Monitor overhead ({overhead['rounds']} interleaved rounds of a GIL-holding Python "
+              f"workload, monitors on vs off): {overhead['overhead_ratio'] * 100:+.1f}% wall time "
+              f"(95% CI {overhead['overhead_ci95'][0] * 100:+.1f}% to {overhead['overhead_ci95'][1] * 100:+.1f}%); "
+              f"the samplers' own CPU use: {overhead['sampler_cpu_fraction'] * 100:.1f}% of one core at "
+              f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."]
+    (OUT / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    return OUT / "benchmarks.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (< 15 min)")
+    parser.add_argument("--only", action="append", help="run only workloads whose name contains this")
+    parser.add_argument("--work", type=Path, default=ROOT / "reports" / "benchmarks" / "work")
+    args = parser.parse_args(argv)
+    settings = Settings(args.quick, args.work)
+    started = time.time()
+    chosen = [w for w in WORKLOADS if not args.only or any(o in w.name for o in args.only)]
+    rows = []
+    for index, workload in enumerate(chosen):
+        print(f"[{index + 1}/{len(chosen)}] {workload.name} …", file=sys.stderr, flush=True)
+        rows.append(run_workload(workload, settings))
+        print(f"    {rows[-1]['targets']} ({rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    overhead = measure_overhead(rounds=6 if args.quick else 10)
+    path = write_tables(rows, overhead, settings, time.time() - started)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The benchmark workloads: each has a different bottleneck and an expected shape of answer.
+
+Every workload runs in ``simulate`` mode (a consumer that sleeps a known time per batch, as an
+accelerator would), so the consumer's rate is known and the input pipeline is what differs.
+Sizes are chosen so a grid over each space takes well under two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    bottleneck: str
+    spec: dict[str, Any]
+    must_beat_autotune: bool = False  # target: pick >= 1.5x autotune-default
+    cache_must_not_win: bool = False
+    nothing_beats_autotune: bool = False
+    files: dict[str, Any] = field(default_factory=dict)  # name -> writer(path)
+
+
+IMAGE_OPS = [
+    {"decode_image": {"key": "image", "channels": 3}},
+    {"resize": {"key": "image", "size": [96, 96]}},
+    {"random_flip": {"key": "image"}},
+    {"normalize": {"key": "image"}},
+]
+MEASURE = {"warmup_steps": 3, "steps": 10, "repeats": 3, "timeout_s": 120}
+
+
+def _spec(name: str, source: dict, preprocess: list, step_ms: float, space: dict, **extra: Any) -> dict:
+    measure = {**MEASURE, **extra.pop("measure", {})}
+    return {"name": name, "source": source, "preprocess": preprocess,
+            "inputs": extra.pop("inputs", {"features": "image", "label": "label"}),
+            "model": {"step_time_ms": step_ms}, "measure": measure,
+            "search": {"strategy": "auto", "budget_s": 3600, "space": space}, **extra}
+
+
+def _images(n: int, size: int) -> dict:
+    return {"kind": "synthetic_images", "num_examples": n, "image_size": [size, size], "seed": 0}
+
+
+def _write_csv(path: Path) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(20_000, 8)).astype("float32"),
+                         columns=[f"x{i}" for i in range(8)])
+    frame["label"] = rng.integers(0, 2, size=len(frame))
+    frame.to_csv(path, index=False)
+
+
+CACHE_SPACE = {"shards": [4], "interleave_cycle": [1], "map_parallel": [1, "autotune"],
+               "cache": ["none", "memory"], "shuffle_buffer": [256], "batch_size": [32],
+               "prefetch": ["autotune"]}
+
+WORKLOADS = [
+    Workload("1-decode-heavy", "JPEG decode at 224 px",
+             _spec("decode-heavy", _images(384, 224), IMAGE_OPS, 10,
+                   {"shards": [4], "interleave_cycle": [1, "autotune"], "map_parallel": [1, "autotune"],
+                    "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
+                    "prefetch": [0, "autotune"]})),
+    Workload("2-cache-pays", "expensive deterministic decode, 30 epochs",
+             _spec("cache-pays", _images(256, 224), IMAGE_OPS, 5, CACHE_SPACE,
+                   measure={"epochs_planned": 30, "objective": "time_to_train"}),
+             must_beat_autotune=True),
+    Workload("3-cache-one-epoch", "the same data, 1 epoch: a cache cannot pay off",
+             _spec("cache-one-epoch", _images(256, 224), IMAGE_OPS, 5, CACHE_SPACE,
+                   measure={"epochs_planned": 1, "objective": "time_to_train"}),
+             cache_must_not_win=True),
+    Workload("4-slow-storage", "2 ms per record read from storage",
+             _spec("slow-storage", _images(512, 32), IMAGE_OPS[:1] + IMAGE_OPS[3:], 2,
+                   {"shards": [16], "interleave_cycle": [1, 4, 16], "map_parallel": ["autotune"],
+                    "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
+                    "prefetch": ["autotune"], "private_threadpool_size": [0, 16]},
+                   storage={"read_latency_ms": 2}),
+             must_beat_autotune=True),
+    Workload("5-tabular-csv", "cheap CSV rows: per-element overhead, batch size, fusion",
+             _spec("tabular-csv", {"kind": "csv", "path": "rows.csv", "label": "label"}, [], 2,
+                   {"shards": [4], "interleave_cycle": [1], "map_parallel": ["autotune"],
+                    "cache": ["none"], "shuffle_buffer": [1024], "batch_size": [32, 256, 1024],
+                    "prefetch": ["autotune"], "map_and_batch_fusion": [True, False]},
+                   inputs={"features": [f"x{i}" for i in range(8)], "label": "label"}),
+             files={"rows.csv": _write_csv}),
+    Workload("6-consumer-bound", "a slow accelerator step (60 ms) and a cheap pipeline",
+             _spec("consumer-bound", _images(256, 32), IMAGE_OPS[:1] + IMAGE_OPS[3:], 60,
+                   {"shards": [4], "interleave_cycle": [1], "map_parallel": [1, "autotune"],
+                    "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
+                    "prefetch": [0, "autotune"]}),
+             nothing_beats_autotune=True),
+    Workload("7-many-small-shards", "1 ms per record read: many small shards vs few large",
+             _spec("shards", _images(1024, 16), IMAGE_OPS[:1] + IMAGE_OPS[3:], 1,
+                   {"shards": [1, 4, 64], "interleave_cycle": [1, 16, "autotune"],
+                    "map_parallel": ["autotune"], "cache": ["none"], "shuffle_buffer": [256],
+                    "batch_size": [32], "prefetch": ["autotune"], "private_threadpool_size": [16]},
+                   storage={"read_latency_ms": 1}),
+             must_beat_autotune=True),
+]

@@ -1,0 +1,474 @@
+"""Tests for pipetune.trial, pipetune.trial_child and pipetune.burst: the measurement itself.
+
+Known-rate checks use ``simulate`` mode, whose consumer sleeps for a fixed step time, and the
+``sleep`` op, a known per-element wait: the expected effects are large (several times, tens
+of percent), so they hold on a busy 2-core machine without tight timing thresholds.
+
+Each trial spawns a process that imports TensorFlow (~5 s). Trials are run once per module
+by fixtures and shared by the tests that read them; keep their number small. The
+``run_burst`` tests at the end use a scripted clock and fake batches, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from conftest import make_spec
+from pipetune import sources, stats
+from pipetune.burst import BurstPlan, run_burst
+from pipetune.monitors import clip
+from pipetune.plan import DataLayout
+from pipetune.ranking import rank
+from pipetune.results import Role, TrialResult, TrialState
+from pipetune.serialize import trial_from_json, trial_to_json
+from pipetune.spec import PipelineParams, Spec
+from pipetune.trial import TrialRequest, run_trial
+
+pytestmark = pytest.mark.slow
+
+USERFNS = Path(__file__).resolve().parent / "userfns"
+GIB = 2**30
+MS = 1_000_000
+# Generous limits for trials that should complete: the machine is small and busy.
+TIMEOUT_S = 180.0
+RAM_BUDGET_BYTES = 6 * GIB
+# A trial that sleeps forever is stopped after this; TensorFlow's import alone takes ~5 s.
+SHORT_TIMEOUT_S = 20.0
+SMALL_RAM_BUDGET_BYTES = int(1.5 * GIB)
+
+SLEEP_MS = 10.0  # the input-bound pipeline's wait per element
+INPUT_BOUND_EXAMPLES = 41  # 5 full batches of 8 and a last batch of 1 per epoch
+CONSUMER_STEP_MS = 50.0
+
+CHEAP_PREPROCESS = [{"decode_image": {"key": "image"}}, {"normalize": {"key": "image"}}]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def spec_with(*extra_ops: dict, step_time_ms: float, num_examples: int = 48) -> Spec:
+    """The conftest spec in simulate mode; user functions import from ``tests/userfns``."""
+    source = {"kind": "synthetic_images", "num_examples": num_examples, "image_size": [16, 16],
+              "num_classes": 3, "seed": 1}
+    return make_spec(USERFNS, source=source, preprocess=[*CHEAP_PREPROCESS, *extra_ops],
+                     model={"step_time_ms": step_time_ms}, measure={"mode": "simulate"})
+
+
+def call_op(function: str) -> dict:
+    return {"call": {"fn": function, "random": False}}
+
+
+def data_layout(spec: Spec, params: PipelineParams, root: Path) -> tuple[DataLayout, int]:
+    """Shards for ``params`` and their layout, as ``sweep``'s layout helper builds them."""
+    shard_set = sources.prepare_shards(spec, params.shards, params.compression, root)
+    first = Path(shard_set.files[0])
+    pattern = str(first.parent / f"*{''.join(first.suffixes)}")
+    layout = DataLayout(pattern, shard_set.compression, sources.schema_of(spec))
+    return layout, shard_set.manifest.num_examples
+
+
+def measure(spec: Spec, params: PipelineParams, root: Path, *, key: str,
+            role: Role = Role.CANDIDATE, warmup_steps: int = 2, steps: int = 4, repeats: int = 3,
+            timeout_s: float = TIMEOUT_S, ram_budget_bytes: int = RAM_BUDGET_BYTES,
+            layout: DataLayout | None = None) -> TrialResult:
+    """One trial of ``params`` in a child process; shards live under ``root / "shards"``."""
+    if layout is None:
+        layout, num_examples = data_layout(spec, params, root / "shards")
+    else:
+        num_examples = spec.source.num_examples
+    request = TrialRequest(spec=spec, params=params, role=role, key=key, data=layout,
+                           num_examples=num_examples, mode="simulate", warmup_steps=warmup_steps,
+                           steps=steps, repeats=repeats)
+    work = root / "work"
+    work.mkdir(exist_ok=True)
+    return run_trial(request, timeout_s, ram_budget_bytes, work)
+
+
+def assert_complete(trial: TrialResult) -> None:
+    assert trial.state is TrialState.COMPLETE, f"{trial.key}: {trial.state.value}: {trial.reason}"
+
+
+def median_throughput(trial: TrialResult) -> float:
+    return stats.median_iqr(stats.repeat_throughputs(trial))[0]
+
+
+# --------------------------------------------------------------------------- trials, run once
+
+
+@pytest.fixture(scope="module")
+def input_bound(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrialResult]:
+    """A 10 ms wait per element, a 1 ms consumer: sequential map, then parallel map.
+
+    The parallel variant lifts tf.data's thread-pool cap (the core count) with a private pool:
+    the stage waits rather than computes (DESIGN §4).
+    """
+    root = tmp_path_factory.mktemp("input-bound")
+    spec = spec_with({"sleep": {"ms": SLEEP_MS}}, step_time_ms=1,
+                     num_examples=INPUT_BOUND_EXAMPLES)
+    sequential = PipelineParams(batch_size=8, map_parallel=1, prefetch=0)
+    parallel = PipelineParams(batch_size=8, map_parallel=8, private_threadpool_size=16, prefetch=0)
+    # steps == steps per epoch: every repeat holds exactly one epoch's examples.
+    return {
+        "sequential": measure(spec, sequential, root, key="sequential", steps=6),
+        "parallel": measure(spec, parallel, root, key="parallel", steps=6),
+    }
+
+
+@pytest.fixture(scope="module")
+def consumer_bound(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrialResult]:
+    """A cheap pipeline, a 50 ms consumer: naive (uncached) against tuned (autotune, cached)."""
+    root = tmp_path_factory.mktemp("consumer-bound")
+    spec = spec_with(step_time_ms=CONSUMER_STEP_MS)
+    naive = PipelineParams(batch_size=8)
+    tuned = PipelineParams(batch_size=8, map_parallel="autotune", prefetch="autotune",
+                           cache="memory")
+    # More repeats than the default: they cost 0.2 s each, and they make a chance "win"
+    # between two equally fast variants less likely (see the ranking test).
+    return {
+        "naive": measure(spec, naive, root, key="naive", role=Role.NAIVE, repeats=7),
+        "tuned": measure(spec, tuned, root, key="tuned", role=Role.AUTOTUNE_DEFAULT, repeats=7),
+    }
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Trials that crash, exceed the RAM budget, time out, read a corrupt shard; then a normal one.
+
+    All in this one process, one after the other, as a sweep would run them.
+    """
+    root = tmp_path_factory.mktemp("failures")
+    params = PipelineParams(batch_size=8)
+    marker = root / "sleepy-started"
+    outcome: dict[str, Any] = {"sleep_marker": marker}
+    outcome["crash"] = measure(spec_with(call_op("crashy:explode"), step_time_ms=1), params,
+                               root, key="crash")
+    outcome["oom"] = measure(spec_with(call_op("hungry:allocate"), step_time_ms=1), params, root,
+                             key="oom", ram_budget_bytes=SMALL_RAM_BUDGET_BYTES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIPETUNE_TEST_SLEEP_MARKER", str(marker))  # inherited by the child
+        outcome["timeout"] = measure(spec_with(call_op("sleepy:stall"), step_time_ms=1), params,
+                                     root, key="timeout", timeout_s=SHORT_TIMEOUT_S)
+    outcome["corrupt"] = measure_corrupt_shard(root / "corrupt", params)
+    outcome["leftover_children"] = big_children(SMALL_RAM_BUDGET_BYTES)
+    outcome["after"] = measure(spec_with(step_time_ms=1), params, root, key="after")
+    return outcome
+
+
+def measure_corrupt_shard(root: Path, params: PipelineParams) -> TrialResult:
+    """A trial over a shard whose middle bytes were overwritten after it was written."""
+    spec = spec_with(step_time_ms=1)
+    layout, _ = data_layout(spec, params, root / "shards")
+    (shard,) = Path(layout.file_pattern).parent.glob(Path(layout.file_pattern).name)
+    size = shard.stat().st_size
+    with open(shard, "r+b") as file:
+        file.seek(size // 2)
+        file.write(b"\xff" * 64)
+    return measure(spec, params, root, key="corrupt", layout=layout)
+
+
+def big_children(threshold_bytes: int) -> list[str]:
+    """Live child processes of this test process holding more than ``threshold_bytes``."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.memory_info().rss > threshold_bytes:
+                found.append(f"pid {child.pid}: {child.memory_info().rss / GIB:.2f} GiB")
+        except psutil.Error:
+            continue
+    return found
+
+
+# --------------------------------------------------------------------------- known rates
+
+
+def test_sequential_map_of_a_waiting_stage_is_highly_input_bound(input_bound):
+    sequential = input_bound["sequential"]
+    assert_complete(sequential)
+    fraction = stats.trial_wait_fraction(sequential)
+    assert fraction >= 0.5, f"input-wait fraction {fraction:.3f}"
+    assert stats.input_bound_band(fraction) == "highly"
+
+
+def test_parallel_map_with_a_private_pool_is_at_least_three_times_faster(input_bound):
+    sequential, parallel = input_bound["sequential"], input_bound["parallel"]
+    assert_complete(sequential)
+    assert_complete(parallel)
+    speedup = median_throughput(parallel) / median_throughput(sequential)
+    assert speedup >= 3.0, (f"parallel {median_throughput(parallel):.0f} ex/s vs sequential "
+                            f"{median_throughput(sequential):.0f} ex/s: {speedup:.2f}x")
+    assert stats.trial_wait_fraction(parallel) < stats.trial_wait_fraction(sequential)
+
+
+def test_throughput_counts_the_examples_of_a_partial_last_batch(input_bound):
+    """41 examples in batches of 8: each epoch ends with a batch of 1, not of 8.
+
+    Every element of the sequential variant sleeps 10 ms in turn, so no honest count can
+    exceed 100 examples/s; counting the last batch as full would report about 110.
+    """
+    sequential = input_bound["sequential"]
+    assert_complete(sequential)
+    assert sequential.steps_per_epoch == 6
+    # Each repeat is 6 consecutive batches of the repeated dataset: exactly one epoch.
+    assert [r.examples for r in sequential.repeats] == [INPUT_BOUND_EXAMPLES] * 3
+    ceiling = 1000.0 / SLEEP_MS
+    assert max(stats.repeat_throughputs(sequential)) <= ceiling
+
+
+def test_a_consumer_bound_pipeline_is_not_input_bound(consumer_bound):
+    for trial in consumer_bound.values():
+        assert_complete(trial)
+        fraction = stats.trial_wait_fraction(trial)
+        assert fraction < stats.MODERATELY_INPUT_BOUND, f"{trial.key}: input wait {fraction:.3f}"
+
+
+def test_tuning_a_consumer_bound_pipeline_gains_nothing(consumer_bound):
+    naive, tuned = consumer_bound["naive"], consumer_bound["tuned"]
+    assert_complete(naive)
+    assert_complete(tuned)
+    ratio = median_throughput(tuned) / median_throughput(naive)
+    assert 0.9 <= ratio <= 1.1, f"tuned / naive throughput = {ratio:.3f}"
+    # The consumer takes 50 ms per batch of 8: neither variant can beat 160 examples/s.
+    for trial in (naive, tuned):
+        assert median_throughput(trial) <= 8 / (CONSUMER_STEP_MS / 1000)
+
+
+def test_ranking_claims_no_real_win_between_consumer_bound_variants(consumer_bound):
+    """Usually a tie. Between two equally fast variants the ranking's statistics still call a
+    difference "significant" now and then (a few percent of the time with 7 repeats), so the
+    test only forbids claiming a win of 10% or more, which would be a wrong measurement."""
+    ranking = rank(list(consumer_bound.values()), "throughput")
+    assert len(ranking.ranked) == 2
+    (comparison,) = ranking.comparisons
+    tied = ranking.ranked[1].tied_with_previous
+    assert tied or not comparison.significant or comparison.speedup < 1.1, (
+        f"speed-up {comparison.speedup:.3f} "
+        f"[{comparison.speedup_ci_low:.3f}, {comparison.speedup_ci_high:.3f}] claimed")
+
+
+# --------------------------------------------------------------------------- failures are data
+
+
+def test_a_user_function_that_kills_its_process_is_a_crashed_trial(failures):
+    crash = failures["crash"]
+    assert crash.state is TrialState.FAILED
+    assert "crashed" in crash.reason and "exited with code 1" in crash.reason, crash.reason
+    assert crash.repeats == ()
+
+
+def test_a_trial_over_the_ram_budget_is_stopped_as_out_of_memory(failures):
+    oom = failures["oom"]
+    assert oom.state is TrialState.FAILED
+    assert "out of memory" in oom.reason, oom.reason
+    assert oom.peak_rss_bytes is not None and oom.peak_rss_bytes > SMALL_RAM_BUDGET_BYTES
+    assert failures["leftover_children"] == [], "the over-budget child is still alive"
+
+
+def test_a_trial_that_blocks_past_the_timeout_is_timed_out(failures):
+    timeout = failures["timeout"]
+    assert timeout.state is TrialState.FAILED
+    assert "timed out" in timeout.reason, timeout.reason
+    # The child got as far as iterating the pipeline: the user function's wait timed out,
+    # not TensorFlow's start-up.
+    assert failures["sleep_marker"].read_text() == "started"
+
+
+def test_a_corrupt_shard_fails_the_trial_with_a_corrupt_record_reason(failures):
+    corrupt = failures["corrupt"]
+    assert corrupt.state is TrialState.FAILED
+    assert "corrupt" in corrupt.reason.lower(), corrupt.reason
+    assert "DataLossError" in corrupt.reason
+
+
+def test_failed_trials_keep_their_identity(failures):
+    for name in ("crash", "oom", "timeout", "corrupt"):
+        trial = failures[name]
+        assert (trial.key, trial.role, trial.batch_size) == (name, Role.CANDIDATE, 8)
+        assert trial.params == PipelineParams(batch_size=8).model_dump()
+
+
+def test_the_trial_after_the_failures_runs_normally(failures):
+    after = failures["after"]
+    assert_complete(after)
+    assert len(after.repeats) == 3
+
+
+# --------------------------------------------------------------------------- raw data
+
+
+def test_raw_timings_and_monitor_samples_survive_json(consumer_bound):
+    for trial in consumer_bound.values():
+        assert_complete(trial)
+        assert trial.monitor.samples, f"{trial.key}: no monitor samples"
+        restored = trial_from_json(trial_to_json(trial))
+        assert restored == trial
+        assert restored.repeats == trial.repeats
+        assert restored.monitor.samples == trial.monitor.samples
+
+
+def test_repeats_hold_exactly_the_timed_steps(consumer_bound):
+    for trial in consumer_bound.values():
+        assert_complete(trial)
+        assert len(trial.repeats) == 7
+        for repeat in trial.repeats:
+            assert len(repeat.request_ns) == len(repeat.wait_ns) == len(repeat.step_ns) == 4
+            assert repeat.examples == 4 * 8
+            # Every recorded step is a consumer step: time.sleep never returns early.
+            assert min(repeat.step_ns) >= CONSUMER_STEP_MS * MS
+            assert min(repeat.wait_ns) >= 0
+            for i in range(3):
+                end_of_step = repeat.request_ns[i] + repeat.wait_ns[i] + repeat.step_ns[i]
+                assert repeat.request_ns[i + 1] >= end_of_step
+        for earlier, later in zip(trial.repeats, trial.repeats[1:]):
+            assert later.start_ns >= earlier.end_ns
+
+
+def test_start_up_is_recorded_and_fill_only_for_a_cached_variant(consumer_bound):
+    naive, tuned = consumer_bound["naive"], consumer_bound["tuned"]
+    assert_complete(naive)
+    assert_complete(tuned)
+    assert naive.startup_ns is not None and naive.startup_ns > 0
+    assert tuned.startup_ns is not None and tuned.startup_ns > 0
+    assert naive.fill_ns is None
+    # The fill epoch is 6 batches, each consumed in >= 50 ms.
+    assert tuned.fill_ns is not None
+    assert tuned.fill_ns >= tuned.steps_per_epoch * CONSUMER_STEP_MS * MS
+    assert tuned.steps_per_epoch == 6
+
+
+def test_monitor_samples_share_the_burst_clock(consumer_bound):
+    """Samples are stamped on the burst's clock: they bracket and fall inside the windows."""
+    for trial in consumer_bound.values():
+        assert_complete(trial)
+        stamps = [sample.t_ns for sample in trial.monitor.samples]
+        windows = [(r.start_ns, r.end_ns) for r in trial.repeats]
+        assert min(stamps) < windows[0][0] and max(stamps) > windows[-1][1]
+        assert clip(trial.monitor, windows).samples, "no sample inside any timed window"
+
+
+# --------------------------------------------------------------------------- run_burst, no TF
+
+
+class ScriptedClock:
+    """A nanosecond clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def wait_of(index: int) -> int:
+    """Scripted time to produce batch ``index``: distinct for every batch."""
+    return 1_000_000 + 1_000 * index
+
+
+def step_of(index: int) -> int:
+    return 5_000_000 + 7 * index
+
+
+class ScriptedBatches:
+    """Endless batches 0, 1, 2, ...; producing batch i moves the clock by ``wait_of(i)``."""
+
+    def __init__(self, clock: ScriptedClock, sizes: tuple[int, ...] = (8,)) -> None:
+        self.clock, self.sizes, self.produced = clock, sizes, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            index = self.produced
+            self.clock.now += wait_of(index)
+            self.produced += 1
+            yield [index] * self.sizes[index % len(self.sizes)]
+
+
+class ScriptedConsumer:
+    """Records which batches it got; consuming batch i moves the clock by ``step_of(i)``."""
+
+    def __init__(self, clock: ScriptedClock) -> None:
+        self.clock, self.consumed = clock, []
+
+    def __call__(self, batch: list[int]) -> None:
+        self.consumed.append(batch[0])
+        self.clock.now += step_of(batch[0])
+
+
+def burst(warmup_steps: int = 3, steps: int = 4, repeats: int = 2, steps_per_epoch: int = 5,
+          fill_epoch: bool = False, sizes: tuple[int, ...] = (8,), count: bool = False):
+    clock = ScriptedClock()
+    batches, consumer = ScriptedBatches(clock, sizes), ScriptedConsumer(clock)
+    plan = BurstPlan(warmup_steps, steps, repeats, steps_per_epoch, fill_epoch, batch_size=8)
+    start = clock.now
+    timing = run_burst(batches, consumer, plan, clock=clock,
+                       examples_in=len if count else None)
+    return timing, consumer.consumed, start
+
+
+def test_first_batch_latency_is_start_up_and_the_batch_is_still_consumed():
+    timing, consumed, _ = burst()
+    assert timing.startup_ns == wait_of(0)
+    assert consumed[0] == 0
+    assert timing.fill_ns is None
+
+
+def test_warm_up_steps_run_on_the_same_iterator_but_are_not_timed():
+    timing, consumed, _ = burst(warmup_steps=3, steps=4, repeats=2)
+    assert consumed == list(range(1 + 3 + 2 * 4))  # every batch consumed once, in order
+    first, second = timing.repeats
+    assert first.wait_ns == tuple(wait_of(i) for i in range(4, 8))  # batches 1-3 were warm-up
+    assert second.wait_ns == tuple(wait_of(i) for i in range(8, 12))
+
+
+def test_no_warm_up_times_from_the_second_batch():
+    timing, consumed, _ = burst(warmup_steps=0, steps=2, repeats=1)
+    assert consumed == [0, 1, 2]
+    assert timing.repeats[0].wait_ns == (wait_of(1), wait_of(2))
+
+
+def test_fill_epoch_consumes_steps_per_epoch_batches_from_the_start():
+    timing, consumed, _ = burst(warmup_steps=2, steps=3, repeats=1, steps_per_epoch=5,
+                                fill_epoch=True)
+    assert consumed == list(range(5 + 2 + 3))
+    assert timing.fill_ns == sum(wait_of(i) + step_of(i) for i in range(5))  # start-up included
+    assert timing.repeats[0].wait_ns == tuple(wait_of(i) for i in range(7, 10))
+
+
+def test_fill_epoch_of_one_batch_is_the_first_batch():
+    timing, consumed, _ = burst(warmup_steps=0, steps=1, repeats=1, steps_per_epoch=1,
+                                fill_epoch=True)
+    assert consumed == [0, 1]
+    assert timing.fill_ns == wait_of(0) + step_of(0)
+
+
+def test_wait_and_step_split_is_exact_on_a_scripted_clock():
+    timing, _, start = burst(warmup_steps=1, steps=3, repeats=2)
+    elapsed = start + sum(wait_of(i) + step_of(i) for i in range(2))  # start-up, warm-up
+    for number, repeat in enumerate(timing.repeats):
+        batches = range(2 + 3 * number, 2 + 3 * (number + 1))
+        requests = []
+        for i in batches:
+            requests.append(elapsed)
+            elapsed += wait_of(i) + step_of(i)
+        assert repeat.request_ns == tuple(requests)
+        assert repeat.wait_ns == tuple(wait_of(i) for i in batches)
+        assert repeat.step_ns == tuple(step_of(i) for i in batches)
+        assert repeat.end_ns == elapsed
+        assert repeat.wall_ns == sum(repeat.wait_ns) + sum(repeat.step_ns)
+        assert repeat.examples == 3 * 8
+        wait_fraction = stats.input_wait_fraction(repeat.wait_ns, repeat.wall_ns)
+        assert wait_fraction == sum(repeat.wait_ns) / repeat.wall_ns
+    assert timing.windows == tuple((r.start_ns, r.end_ns) for r in timing.repeats)
+
+
+def test_examples_are_counted_per_batch_when_a_counter_is_given():
+    # Batches of 8, 8, 3 (an epoch of 19 examples), repeating; start-up takes the first.
+    timing, _, _ = burst(warmup_steps=0, steps=3, repeats=2, sizes=(8, 8, 3), count=True)
+    # Repeat 1 holds batches 1, 2, 3 (8 + 3 + 8), repeat 2 batches 4, 5, 6 (8 + 3 + 8).
+    assert [r.examples for r in timing.repeats] == [19, 19]
+    uncounted, _, _ = burst(warmup_steps=0, steps=3, repeats=2, sizes=(8, 8, 3))
+    assert [r.examples for r in uncounted.repeats] == [24, 24]  # batch_size per step
