@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     paths = write_outputs(outcome)
     if args.json:
         print_json(json_document(outcome))
-    _print_summary(console if args.json else Console(), outcome, paths)
+    # Piped output is not cut to 80 columns: the table is for reading in a log too.
+    wide = Console(stderr=args.json, width=None if sys.stdout.isatty() else 160)
+    _print_summary(wide, outcome, paths)
     return 0 if outcome.ranking.best is not None else 1
 
 
@@ -92,7 +94,9 @@ _SHORT = {"shards": "shards", "compression": "compr.", "interleave_cycle": "inte
 
 
 def _compact(value: object) -> str:
-    return {"autotune": "auto", "memory": "mem", "none": "-", True: "yes", False: "no"}.get(value, str(value))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return {"autotune": "auto", "memory": "mem", "none": "-"}.get(str(value), str(value))
 
 
 def _varying(trials) -> list[str]:
