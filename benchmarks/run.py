@@ -32,7 +32,7 @@ from workloads import WORKLOADS, Workload  # noqa: E402
 
 from pipetune import stats  # noqa: E402
 from pipetune.device import detect_device  # noqa: E402
-from pipetune.ranking import beats, rank  # noqa: E402
+from pipetune.ranking import beats  # noqa: E402
 from pipetune.results import Role, TrialResult  # noqa: E402
 from pipetune.runner import ShardLayouts, SweepOptions, SweepOutcome, effective_mode, measure_variant, run_sweep  # noqa: E402
 from pipetune.space import Variant  # noqa: E402

@@ -24,7 +24,7 @@ import optuna
 
 from pipetune import stats
 from pipetune.claims import ClaimBoard
-from pipetune.results import Role, TrialResult, TrialState
+from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
 
