@@ -77,8 +77,11 @@ def best_pipeline_info(spec_or_dir: str | Path, rank: int = 1) -> BestPipeline:
     Raises:
         NoSweepError: there is no stored sweep; the message says which command to run.
     """
+    from pipetune.device import require_tensorflow
     from pipetune.emit import chosen, plan_for
     from pipetune.store import load_outcome
+
+    require_tensorflow()
     from pipetune.validate import on_sys_path
 
     outcome = load_outcome(spec_or_dir)

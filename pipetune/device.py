@@ -45,6 +45,18 @@ class Device:
         return None
 
 
+def require_tensorflow() -> None:
+    """Fail with the install command, not an ImportError, when TensorFlow is missing."""
+    import importlib.util
+
+    from pipetune.errors import MissingDependencyError
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MissingDependencyError(
+            "this command needs TensorFlow, which is not installed: "
+            "pip install 'pipetune[cpu]' (or 'pipetune[gpu]' on a CUDA machine)")
+
+
 def detect_device(nvml: object | None = None) -> Device:
     """Describe this machine. ``nvml`` is an injectable pynvml-like module (tests use a fake)."""
     from pipetune.monitors import gpu_environment

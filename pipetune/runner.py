@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipetune import search, sources
-from pipetune.device import Device, detect_device
+from pipetune.device import Device, detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
 from pipetune.ranking import Ranking, rank
@@ -77,6 +77,7 @@ def prepare_out_dir(options: SweepOptions) -> str:
 
 
 def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) -> SweepOutcome:
+    require_tensorflow()
     started = time.time()
     storage_url = prepare_out_dir(options)
     mode = effective_mode(spec, options.mode)
