@@ -47,7 +47,7 @@ def timeline_svg(timeline: Timeline, chart_id: str) -> str:
     """Stacked panels on one time axis; the timed repeats shaded."""
     colour = ROLE_COLOURS.get(timeline.colour_role, ROLE_COLOURS["candidate"])
     with matplotlib.rc_context(_STYLE):
-        figure = Figure(figsize=(WIDTH_IN, 0.55 + 1.35 * len(timeline.panels)), layout="constrained")
+        figure = Figure(figsize=(WIDTH_IN, 0.5 + 1.15 * len(timeline.panels)), layout="constrained")
         axes = figure.subplots(len(timeline.panels), 1, sharex=True, squeeze=False)[:, 0]
         for ax, panel in zip(axes, timeline.panels):
             for start, end in timeline.timed_windows_s:
@@ -68,7 +68,7 @@ def timeline_svg(timeline: Timeline, chart_id: str) -> str:
 def steps_svg(rows: Sequence[StepBreakdown], chart_id: str) -> str:
     """Horizontal stacked bars: mean input wait, then compute, per step; rank 1 on top."""
     with matplotlib.rc_context(_STYLE):
-        figure = Figure(figsize=(WIDTH_IN, 0.95 + 0.27 * len(rows)), layout="constrained")
+        figure = Figure(figsize=(WIDTH_IN, 0.85 + 0.24 * len(rows)), layout="constrained")
         ax = figure.subplots()
         positions = list(range(len(rows)))
         waits = [r.input_wait_ms for r in rows]
@@ -81,10 +81,13 @@ def steps_svg(rows: Sequence[StepBreakdown], chart_id: str) -> str:
                        zorder=3, label="cache-fill epoch (mean per step)")
         _role_ticks(ax, positions, [f"#{r.position}  {r.label}" for r in rows],
                     [r.colour_role for r in rows])
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)  # rank 1 on top, no empty bands
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("mean time per step (ms)")
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3, borderaxespad=0.2)
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("cache"))
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower left",
+                  bbox_to_anchor=(0, 1.0), ncols=3, borderaxespad=0.2)
         return svg_text(figure, chart_id, "Step time per variant: input wait and compute")
 
 
@@ -104,7 +107,8 @@ def effects_svg(rows: Sequence[EffectRow], chart_id: str) -> str:
         low, high = min([1.0] + [r.low for r in rows]), max([1.0] + [r.high for r in rows])
         margin = 0.06 * (high - low) or 0.02
         ax.set_xlim(low - margin, high + margin)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2f}×"))
+        digits = 2 if high - low > 0.2 else 3  # small effects need the third decimal
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.{digits}f}×"))
         ax.set_xlabel("throughput ratio (×): dot = median over matched pairs, bar = their range")
         return svg_text(figure, chart_id, "Effect of each dimension on throughput")
 
@@ -119,6 +123,9 @@ def svg_text(figure: Figure, chart_id: str, title: str) -> str:
     svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
     svg = re.sub(r"\s*<style type=\"text/css\">.*?</style>", "", svg, flags=re.S)  # page CSS
     svg = re.sub(r"font-family:[^;\"]*;?\s*", "", svg)  # the page's font applies
+    svg = re.sub(r' transform="rotate\(-?0 [^"]*\)"', "", svg)  # no-op rotations of tick labels
+    svg = re.sub(r'(\s[\w:-]+=")([^"]*)"', _rounded_attribute, svg)
+    svg = re.sub(r">\s+<", "><", svg)
     return _scoped_ids(svg, chart_id).replace(
         "<svg ", f'<svg class="chart-svg" role="img" aria-label="{_attribute(title)}" ', 1)
 
@@ -131,6 +138,11 @@ def _scoped_ids(svg: str, chart_id: str) -> str:
     svg = re.sub(r'(url\(#|href="#)([^)"]+)', lambda m: f"{m.group(1)}{chart_id}-{m.group(2)}", svg)
     # The page sizes the chart (width 100 %); the viewBox keeps its proportions.
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", svg, count=1)
+
+
+def _rounded_attribute(match: re.Match) -> str:
+    """Coordinates cut to 1/100 pt, finer than any screen or printer; text content is left alone."""
+    return match.group(1) + re.sub(r"(\d\.\d{2})\d+", r"\1", match.group(2)) + '"'
 
 
 def _role_ticks(ax, positions: list[int], labels: list[str], roles: list[str]) -> None:

@@ -13,6 +13,8 @@ import base64
 import datetime
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from pipetune import __version__
 from pipetune.errors import PipetuneError
 from pipetune.report import charts
 from pipetune.report.model import Report, build_report
+from pipetune.report.timelines import HOST_BUSY_NOTE
 
 if TYPE_CHECKING:
     from pipetune.runner import SweepOutcome
@@ -29,8 +32,9 @@ if TYPE_CHECKING:
 REPORT_NAME = "report.html"
 TEMPLATE_NAME = "template.html.j2"
 # Monitor samples kept in the embedded JSON over all trials (results.json keeps every one).
-EMBEDDED_SAMPLE_BUDGET = 20_000
-MIN_SAMPLES_PER_SERIES = 50
+EMBEDDED_SAMPLE_BUDGET = 12_000
+MIN_SAMPLES_PER_SERIES = 5
+PER_CORE_METRIC = re.compile(r"^host\.cpu\d+_percent$")  # one series per core: left out
 COPY_SCRIPT = """(function () {
   "use strict";
   function viaTextarea(text) {
@@ -78,7 +82,14 @@ COPY_SCRIPT = """(function () {
 
 def write_report(outcome: SweepOutcome, path: Path | None = None,
                  best_code: str | None = None) -> Path:
-    """Write ``report.html`` (default: in the sweep's folder) and return its path."""
+    """Write the sweep's HTML report and return its path.
+
+    Args:
+        outcome: A finished sweep, fresh from ``run_sweep`` or read back by ``load_outcome``.
+        path: Where to write; default ``report.html`` in the sweep's folder.
+        best_code: The text of ``best_pipeline.py`` when already rendered; else it is
+            rendered here (from the sweep's shards, which are found again, not rewritten).
+    """
     path = path or Path(outcome.out_dir) / REPORT_NAME
     path.write_text(render_report(outcome, best_code), encoding="utf-8")
     return path
@@ -98,7 +109,8 @@ def render_html(report: Report, best_code: str | None, code_problem: str,
         r=report, v=report.verdict, charts=_charts(report), best_code=best_code,
         code_problem=code_problem, raw_json=embedded_json(raw), copy_script=COPY_SCRIPT,
         script_hash=script_hash(COPY_SCRIPT), colours=charts.ROLE_COLOURS,
-        wait_colour=charts.INPUT_WAIT_COLOUR, compute_colour=charts.COMPUTE_COLOUR,
+        host_note=HOST_BUSY_NOTE, wait_colour=charts.INPUT_WAIT_COLOUR,
+        compute_colour=charts.COMPUTE_COLOUR,
         version=__version__, generated=generated.strftime("%Y-%m-%d %H:%M UTC"),
     )
 
@@ -128,18 +140,27 @@ def raw_document(outcome: SweepOutcome) -> dict[str, Any]:
 
     document = json_document(outcome, raw=True)
     trials = document["stored"]["trials"]
+    for trial in trials:
+        trial["monitor"] = keep_metrics(trial["monitor"], lambda m: not PER_CORE_METRIC.match(m))
+        trial.pop("pipeline_source", None)  # each trial's module; results.json keeps it
     series = sum(len(set(trial["monitor"]["metric"])) for trial in trials)
     cap = max(MIN_SAMPLES_PER_SERIES, EMBEDDED_SAMPLE_BUDGET // max(1, series))
     for trial in trials:
         trial["monitor"] = thin_monitor(trial["monitor"], cap)
-        trial.pop("pipeline_source", None)  # each trial's module; results.json keeps it
     document["embedded"] = {
         "max_monitor_samples_per_metric": cap,
         "note": ("monitor samples thinned to at most max_monitor_samples_per_metric per metric "
-                 "and trial, evenly spaced; pipeline_source dropped; results.json next to this "
-                 "report holds everything"),
+                 "and trial, evenly spaced; per-core CPU samples and pipeline_source left out; "
+                 "results.json next to this report holds everything"),
     }
     return document
+
+
+def keep_metrics(monitor: dict[str, Any], wanted: Callable[[str], bool]) -> dict[str, Any]:
+    """The monitor columns without the rows of unwanted metrics."""
+    rows = [row for row, metric in enumerate(monitor["metric"]) if wanted(metric)]
+    return {**monitor, **{column: [monitor[column][row] for row in rows]
+                          for column in ("t_ns", "metric", "value")}}
 
 
 def thin_monitor(monitor: dict[str, Any], cap: int) -> dict[str, Any]:
@@ -149,7 +170,7 @@ def thin_monitor(monitor: dict[str, Any], cap: int) -> dict[str, Any]:
         rows_by_metric.setdefault(metric, []).append(row)
     kept = sorted(row for rows in rows_by_metric.values()
                   for row in (rows if len(rows) <= cap else
-                              [rows[round(i * (len(rows) - 1) / (cap - 1))] for i in range(cap)]))
+                              [rows[round(i * (len(rows) - 1) / max(1, cap - 1))] for i in range(cap)]))
     return {**monitor, **{column: [monitor[column][row] for row in kept]
                           for column in ("t_ns", "metric", "value")}}
 
@@ -181,7 +202,7 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters.update(ratio=format_ratio, percent=format_percent, duration=format_duration,
                                size=format_bytes, rate=format_rate, value=format_value,
-                               cpu=format_cpu)
+                               cpu=format_cpu, dimension=short_dimension)
     return environment
 
 
@@ -228,6 +249,18 @@ def format_rate(value: float | None) -> str:
 
 def format_cpu(percent: float | None) -> str:
     return "—" if percent is None else f"{percent:.0f}%"
+
+
+_SHORT_DIMENSIONS = {"interleave_cycle": "interleave", "interleave_block": "il. block",
+                     "interleave_parallel": "il. parallel", "map_parallel": "map",
+                     "shuffle_buffer": "shuffle", "batch_size": "batch", "drop_remainder": "drop rem.",
+                     "private_threadpool_size": "pool", "map_and_batch_fusion": "fusion",
+                     "autotune_ram_budget_mb": "autotune RAM", "autotune_cpu_budget": "autotune CPU"}
+
+
+def short_dimension(name: str) -> str:
+    """A column header for a pipeline parameter; the full name goes in its title."""
+    return _SHORT_DIMENSIONS.get(name, name)
 
 
 def format_value(value: object) -> str:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # importing the runner pulls in Optuna; the report only reads
     from pipetune.runner import SweepOutcome
 
 REFERENCE_ROLES = (Role.NAIVE, Role.AUTOTUNE_DEFAULT, Role.BASELINE)
+MAX_EFFECTS = 30  # a readable chart; large spaces have many value pairs, most of them small
 # tf.data.Options knobs among the pipeline parameters, as make_options() sets them.
 OPTION_PARAMETERS = ("deterministic", "private_threadpool_size", "map_and_batch_fusion",
                      "autotune_ram_budget_mb", "autotune_cpu_budget")
@@ -104,9 +105,16 @@ class Verdict:
     winner_ci_high: float | None = None
     winner_throughput: float | None = None  # examples/s, median over repeats
     winner_wait_fraction: float | None = None
+    tied_for_first: int = 0  # ranked variants the data cannot separate from the winner's group
     comparisons: tuple[ReferenceComparison, ...] = ()
     input_bound: InputBound | None = None
     time_saved: TimeSaved | None = None
+
+    @property
+    def user_comparison(self) -> ReferenceComparison | None:
+        """The winner against the user's pipeline: the baseline if it ran, else naive."""
+        usable = {c.role: c for c in self.comparisons if c.status != "not ranked"}
+        return usable.get(Role.BASELINE.value) or usable.get(Role.NAIVE.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +132,8 @@ class Report:
     varying_dimensions: tuple[str, ...]
     shared_parameters: tuple[tuple[str, Any], ...]
     rows: tuple[RankRow, ...]
-    effects: tuple[EffectRow, ...]
+    effects: tuple[EffectRow, ...]  # the largest MAX_EFFECTS
+    effects_not_shown: int
     unrun: tuple[UnrunRow, ...]
     environment: tuple[tuple[str, str], ...]
 
@@ -136,6 +145,7 @@ def build_report(outcome: SweepOutcome) -> Report:
     winner_key = best.trial.key if best else None
     varying, shared = parameter_split([r.trial for r in ranking.ranked])
     timelines, missing = build_timelines(outcome.results, best)
+    effects = effect_rows(outcome.results)
     return Report(
         spec_name=outcome.spec.name, spec_hash=outcome.spec.content_hash(), mode=outcome.mode,
         strategy=outcome.strategy, objective=ranking.objective, epochs_planned=epochs,
@@ -143,7 +153,7 @@ def build_report(outcome: SweepOutcome) -> Report:
         steps=tuple(step_breakdown(r, winner_key) for r in ranking.ranked),
         varying_dimensions=varying, shared_parameters=shared,
         rows=tuple(rank_row(r, varying, winner_key, epochs) for r in ranking.ranked),
-        effects=effect_rows(outcome.results),
+        effects=effects[:MAX_EFFECTS], effects_not_shown=max(0, len(effects) - MAX_EFFECTS),
         unrun=unrun_rows(outcome.ranking.unranked, outcome.dropped),
         environment=environment_facts(outcome),
     )
@@ -164,7 +174,9 @@ def build_verdict(outcome: SweepOutcome) -> Verdict:
         winner_label=trial_label(winner), winner_description=describe(PipelineParams(**winner.params)),
         winner_median=best.median, winner_ci_low=best.ci_low, winner_ci_high=best.ci_high,
         winner_throughput=median_throughput(winner),
-        winner_wait_fraction=stats.trial_wait_fraction(winner), comparisons=comparisons,
+        winner_wait_fraction=stats.trial_wait_fraction(winner),
+        tied_for_first=sum(r.tie_group == best.tie_group for r in ranking.ranked),
+        comparisons=comparisons,
         input_bound=input_bound(outcome.results), time_saved=time_saved(comparisons, winner, epochs),
     )
 

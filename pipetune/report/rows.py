@@ -34,6 +34,13 @@ class StepBreakdown:
     fill_ms_per_step: float | None  # the cache-filling first epoch per step (start-up included)
     fill_s: float | None
 
+    @property
+    def fill_over_steady(self) -> float | None:
+        """How many times longer a step takes while the cache fills than once it is full."""
+        if self.fill_ms_per_step is None:
+            return None
+        return self.fill_ms_per_step / self.steady_ms_per_step
+
 
 @dataclass(frozen=True, slots=True)
 class RankRow:
