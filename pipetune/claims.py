@@ -14,11 +14,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psutil
 import sqlalchemy as sa
 
+T = TypeVar("T")
 _METADATA = sa.MetaData()
 CLAIMS = sa.Table(
     "pipetune_claims", _METADATA,
@@ -29,6 +32,21 @@ CLAIMS = sa.Table(
     sa.Column("heartbeat", sa.Float, nullable=False),
     sa.Column("done", sa.Boolean, nullable=False, default=False),
 )
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """Run ``create`` (tables, a study), again if it loses a race with another worker.
+
+    Workers started together on a fresh storage all see no table and all CREATE it; every one
+    but the first then fails ("table ... already exists", a duplicate schema-version row).
+    Trying again finds what the winner made.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return create()
+        except sa.exc.DatabaseError:
+            time.sleep(0.1 * (attempt + 1))
+    return create()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +60,7 @@ class ClaimBoard:
 
     def __init__(self, storage_url: str, study: str, grace_s: float = 60.0) -> None:
         self.engine = sa.create_engine(storage_url)
-        _METADATA.create_all(self.engine)
+        retry_schema_race(lambda: _METADATA.create_all(self.engine))
         self.study = study
         self.grace_s = grace_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -61,8 +61,9 @@ def effective_mode(spec: Spec, override: str | None) -> str:
     return mode
 
 
-def study_name(spec: Spec) -> str:
-    return f"{spec.name}-{spec.content_hash()}"
+def study_name(spec: Spec, mode: str | None = None) -> str:
+    """One study per spec content and measurement mode: numbers of two modes never mix."""
+    return f"{spec.name}-{spec.content_hash()}-{mode or effective_mode(spec, None)}"
 
 
 def prepare_out_dir(options: SweepOptions) -> str:
@@ -91,9 +92,9 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
                        int(spec.resources.ram_budget_gb * 2**30))
     candidates, dropped = enumerate_space(spec, facts)
     budget = options.budget_s or spec.search.budget_s
-    board = search.ClaimBoard(storage_url, study_name(spec))
+    board = search.ClaimBoard(storage_url, study_name(spec, mode))
     state = search.SearchState(
-        study=search.open_study(storage_url, study_name(spec), objective), board=board,
+        study=search.open_study(storage_url, study_name(spec, mode), objective), board=board,
         measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import optuna
 
 from pipetune import stats
-from pipetune.claims import ClaimBoard
+from pipetune.claims import ClaimBoard, retry_schema_race
 from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
@@ -63,8 +63,8 @@ class SearchState:
 def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Study:
     direction = "maximize" if objective == "throughput" else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage_url, study_name=study_name, direction=direction,
-                               load_if_exists=True)
+    return retry_schema_race(lambda: optuna.create_study(
+        storage=storage_url, study_name=study_name, direction=direction, load_if_exists=True))
 
 
 def run(state: SearchState, strategy: str, references: list[Variant],
@@ -242,13 +242,19 @@ def final_results(state: SearchState) -> list[TrialResult]:
     out = list(full.values())
     for (key, rung), result in results.items():
         if rung == SHORT_RUNG and key not in full:
-            reason = result.reason or "stopped after the short burst (successive halving): not in the best third"
+            # Promoted, but the budget ran out before its full burst: say so, not "not in the best third".
+            why = (f"promoted after the short burst, but the full burst was {state.skipped[key]}"
+                   if key in state.skipped else
+                   "stopped after the short burst (successive halving): not in the best third")
+            reason = result.reason or why
             state_ = TrialState.PRUNED if result.state is TrialState.COMPLETE else result.state
             out.append(replace(result, state=state_, reason=reason))
     return out
 
 
 def skipped_results(state: SearchState, variants: dict[str, Variant]) -> list[TrialResult]:
+    """The variants never measured at any rung (one with a stored result is in ``final_results``)."""
+    measured = {key for key, _ in state.results()}
     return [TrialResult(key=key, role=variants[key].role, params=variants[key].params.model_dump(),
                         state=TrialState.SKIPPED, reason=reason, batch_size=variants[key].params.batch_size)
-            for key, reason in sorted(state.skipped.items()) if key in variants]
+            for key, reason in sorted(state.skipped.items()) if key in variants and key not in measured]

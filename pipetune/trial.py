@@ -12,6 +12,7 @@ import multiprocessing
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,
     from pipetune.trial_child import child_main
 
     process = context.Process(target=child_main, args=(request, str(scratch), sender), daemon=True)
-    process.start()
+    _start_ignoring_sigint(process)
     sender.close()
     try:
         return _supervise(request, process, receiver, timeout_s, ram_budget_bytes)
@@ -94,6 +95,19 @@ def _supervise(request: TrialRequest, process: multiprocessing.Process, receiver
                           peak_rss_bytes=peak_rss or None)
     process.join(1.0)
     return failed(request, _death_reason(process.exitcode), peak_rss_bytes=peak_rss or None)
+
+
+def _start_ignoring_sigint(process: multiprocessing.Process) -> None:
+    """Ctrl-C is the parent's to handle (it stops the child): a child that inherits SIGINT
+    ignored never prints a half-started KeyboardInterrupt traceback over the terminal."""
+    if threading.current_thread() is not threading.main_thread():
+        process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _death_reason(exitcode: int | None) -> str:

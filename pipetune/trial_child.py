@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,20 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
                                batch_size=params.batch_size)
         monitors = Monitors(interval_s=request.monitor_interval_s)
         monitors.start()
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
         try:
             timing = run_burst(dataset.repeat(), consume, burst_plan, examples_in=_batch_examples)
         finally:
             whole = monitors.stop()
+        burst_cpu_percent = 100 * (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
     timed = clip(whole, list(timing.windows))
+    cpu_percent = mean_metric(timed, "host.process_cpu_percent")
     return TrialResult(
         key=request.key, role=request.role, params=params.model_dump(), state=TrialState.COMPLETE,
         batch_size=params.batch_size, steps_per_epoch=burst_plan.steps_per_epoch,
         startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, repeats=timing.repeats,
-        cpu_percent=mean_metric(timed, "host.process_cpu_percent"),
+        # Windows shorter than the sampling interval hold no sample: the whole burst's CPU then.
+        cpu_percent=cpu_percent if cpu_percent is not None else burst_cpu_percent,
         peak_rss_bytes=_as_int(peak_metric(whole, "host.rss_bytes")),
         gpu_memory_bytes=_as_int(peak_metric(whole, "gpu0.memory_used_bytes")),
         monitor=whole, environment=environment(request), budget_steps=request.steps,

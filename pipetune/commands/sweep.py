@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(spec, options, on_event=progress.event)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted.[/] Finished trials are kept in {out}. Resume with:\n"
-                      f"  pipetune sweep {args.spec} --out {out} --resume")
+        # Plain print, one line: the command must survive copy and paste from any terminal.
+        print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}",
+              file=sys.stderr)
         return 130
     finally:
         progress.stop()
@@ -58,6 +60,16 @@ def run(args: argparse.Namespace) -> int:
     wide = Console(stderr=args.json, width=None if sys.stdout.isatty() else 160)
     _print_summary(wide, outcome, paths)
     return 0 if outcome.ranking.best is not None else 1
+
+
+def resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that continues this sweep: everything that decides its study, plus --resume."""
+    parts = ["pipetune", "sweep", args.spec, "--out", str(out)]
+    for flag in ("storage", "mode", "strategy", "budget", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += [f"--{flag}", str(value)]
+    return shlex.join([*parts, "--resume"])
 
 
 class _Progress:
