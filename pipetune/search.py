@@ -207,26 +207,54 @@ def _halving(state: SearchState, order: list[Variant]) -> None:
 
 
 def _tpe(state: SearchState, order: list[Variant]) -> None:
-    """Optuna's TPE over the index of the valid variants, in a seeded order."""
-    sampler = optuna.samplers.TPESampler(seed=state.seed)
-    local = optuna.create_study(sampler=sampler, direction=state.study.direction)
-    distribution = optuna.distributions.IntDistribution(0, len(order) - 1)
-    seen: set[int] = set()
-    while time.time() < state.deadline and len(seen) < len(order):
-        trial = local.ask({"variant": distribution})
-        index = trial.params["variant"]
-        if index in seen:
-            local.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    """Optuna's TPE over the dimensions that vary, one categorical parameter each.
+
+    TPE learns which value of each dimension does well. A proposal that is not a valid variant
+    is told as failed; one already measured is told its known value; a run of repeats (TPE
+    converged on a small space) falls back to the next unmeasured variant in the seeded order.
+    """
+    dims = [name for name in order[0].params.model_fields
+            if len({repr(getattr(v.params, name)) for v in order}) > 1] if order else []
+    choices = {name: sorted({repr(getattr(v.params, name)) for v in order}) for name in dims}
+    by_combo = {tuple(repr(getattr(v.params, d)) for d in dims): v for v in order}
+    distributions = {d: optuna.distributions.CategoricalDistribution(choices[d]) for d in dims}
+    local = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=state.seed),
+                                direction=state.study.direction)
+    misses = 0  # proposals in a row that were invalid or already measured
+    while time.time() < state.deadline and (pending := _unmeasured(state, order)):
+        trial = local.ask(distributions)
+        variant = by_combo.get(tuple(trial.params[d] for d in dims))
+        known = state.results().get((variant.key, FULL_RUNG)) if variant else None
+        if variant is not None and known is None:
+            misses = 0
+            _tell(local, trial, _measure_full(state, variant))
             continue
-        seen.add(index)
-        variant = order[index]
-        _measure_one(state, variant, FULL_RUNG, state.full_steps)
-        result = state.results().get((variant.key, FULL_RUNG))
-        value = _objective_value(state, result) if result else None
-        local.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
-    for variant in order:
-        if (variant.key, FULL_RUNG) not in state.results():
-            state.skipped.setdefault(variant.key, "not run: not proposed by TPE within the budget")
+        _tell(local, trial, _objective_value(state, known) if known else None)
+        misses += 1
+        if misses >= 10:  # TPE keeps proposing what it knows: measure the next in seeded order
+            misses, variant = 0, pending[0]
+            local.enqueue_trial({d: repr(getattr(variant.params, d)) for d in dims})
+            _tell(local, local.ask(distributions), _measure_full(state, variant))
+    for variant in _unmeasured(state, order):
+        state.skipped.setdefault(variant.key, "not run: not proposed by TPE within the budget")
+
+
+def _measure_full(state: SearchState, variant: Variant) -> float | None:
+    _measure_one(state, variant, FULL_RUNG, state.full_steps)
+    result = state.results().get((variant.key, FULL_RUNG))
+    return _objective_value(state, result) if result else None
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None) -> None:
+    if value is None:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        study.tell(trial, value)
+
+
+def _unmeasured(state: SearchState, order: list[Variant]) -> list[Variant]:
+    done = state.results()
+    return [v for v in order if (v.key, FULL_RUNG) not in done]
 
 
 def _seeded_order(variants: list[Variant], seed: int) -> list[Variant]:

@@ -182,6 +182,32 @@ def test_halving_promotes_the_best_third_of_the_short_bursts(fake_search) -> Non
         TrialState.COMPLETE] * 2
 
 
+def test_tpe_measures_each_variant_at_most_once_and_covers_a_small_space(fake_search) -> None:
+    """TPE over the varying dimensions: no repeats, and on a 5-variant space it reaches every one
+    (falling back to the seeded order when its proposals repeat)."""
+    measure = FakeMeasure()
+    state = fake_search(measure)
+    assert search.run(state, "tpe", FAKE_REFERENCES, FAKE_CANDIDATES) == "tpe"
+    assert len(measure.calls) == len(set(measure.calls))
+    keys = {v.key for v in [*FAKE_REFERENCES, *FAKE_CANDIDATES]}
+    assert {key for key, _ in measure.calls} == keys
+
+
+def test_tpe_stops_at_the_budget_and_lists_the_rest_as_skipped(fake_search) -> None:
+    measure = FakeMeasure()
+    state = fake_search(measure)
+
+    def spend_the_budget_after_one_candidate() -> None:
+        if len(measure.calls) == 3:
+            state.deadline = time.time() - 1.0
+
+    measure.after = spend_the_budget_after_one_candidate
+    search.run(state, "tpe", FAKE_REFERENCES, FAKE_CANDIDATES)
+    skipped = [r for r in listed(state) if r.state is TrialState.SKIPPED]
+    assert len(measure.calls) == 3 and len(skipped) == 4  # 6 candidates - naive's twin - 1 measured
+    assert all("TPE" in r.reason for r in skipped)
+
+
 def test_a_variant_promoted_when_the_budget_runs_out_is_listed_once(fake_search) -> None:
     measure = FakeMeasure()
     state = fake_search(measure)
