@@ -25,7 +25,7 @@ from pipetune.space import (
 from pipetune.spec import Spec
 from pipetune.trial import TrialRequest, run_trial
 
-Event = Callable[[str, Variant, int], None]
+Event = Callable[[search.SearchEvent], None]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
-        on_event=on_event or (lambda *_: None),
+        on_event=on_event or (lambda event: None),
     )
     try:
         used = search.run(state, options.strategy or spec.search.strategy, references, candidates)

@@ -35,6 +35,16 @@ PROMOTE_FRACTION = 1 / 3
 Measure = Callable[[Variant, int], TrialResult]  # (variant, steps) -> result
 
 
+@dataclass(frozen=True, slots=True)
+class SearchEvent:
+    """What the search tells a progress display: a plan, or a measurement starting or ending."""
+
+    kind: str  # "planned" | "start" | "end"
+    variant: Variant | None = None
+    rung: int = 1
+    planned: int = 0  # for "planned": how many measurements this run expects in all
+
+
 @dataclass
 class SearchState:
     """What one worker knows while it searches. Reloaded from storage at every decision."""
@@ -47,7 +57,7 @@ class SearchState:
     objective: str
     epochs: int
     seed: int = 0
-    on_event: Callable[[str, Variant, int], None] = lambda what, variant, rung: None
+    on_event: Callable[[SearchEvent], None] = lambda event: None
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it was not run
 
     def results(self) -> dict[tuple[str, int], TrialResult]:
@@ -72,6 +82,7 @@ def run(state: SearchState, strategy: str, references: list[Variant],
     """Measure the references, then the candidates by ``strategy``. Returns the strategy used."""
     reference_keys = {v.key for v in references}
     candidates = [v for v in candidates if v.key not in reference_keys]
+    state.on_event(SearchEvent("planned", planned=len(references)))
     _measure_all(state, references, FULL_RUNG, ignore_budget=True)
     order = _seeded_order(candidates, state.seed)
     if strategy == "auto":
@@ -81,6 +92,8 @@ def run(state: SearchState, strategy: str, references: list[Variant],
             state.skipped.setdefault(variant.key, "not run: the budget fits only a sample of the "
                                                   f"space ({plan.variants} of {len(order)} variants)")
         order = order[:plan.variants]
+    promoted = round(len(order) * PROMOTE_FRACTION) if strategy == "halving" else 0
+    state.on_event(SearchEvent("planned", planned=len(references) + len(order) + promoted))
     if strategy == "grid":
         _measure_all(state, order, FULL_RUNG)
     elif strategy == "halving":
@@ -153,7 +166,7 @@ def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) ->
     from pipetune.claims import Claim
 
     state.board.beat_for(Claim(variant.key, rung))
-    state.on_event("start", variant, rung)
+    state.on_event(SearchEvent("start", variant, rung))
     started = time.time()
     try:
         result = state.measure(variant, steps)
@@ -163,7 +176,7 @@ def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) ->
                      environment={**result.environment, "trial_wall_s": time.time() - started, "rung": rung})
     _store(state, variant, rung, result)
     state.board.mark_done(variant.key, rung)
-    state.on_event("end", variant, rung)
+    state.on_event(SearchEvent("end", variant, rung))
     return True
 
 

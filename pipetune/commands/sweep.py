@@ -73,27 +73,33 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
 
 
 class _Progress:
-    """Live status on stderr: one line per finished measurement."""
+    """A progress bar and live status on stderr, and one log line per finished measurement."""
 
     def __init__(self, console: Console) -> None:
-        self.console = console
-        self.count = 0
-        self.status = console.status("starting…")
-        self.status.start()
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def event(self, what: str, variant, rung: int) -> None:
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console)
+        self.task = self.bar.add_task("starting", total=None)
+        self.bar.start()
+
+    def event(self, event) -> None:
         from pipetune.space import describe
 
-        label = f"{variant.label} ({describe(variant.params)})"
-        burst = "short burst" if rung == 0 else "full burst"
-        if what == "start":
-            self.status.update(f"measuring {label}, {burst}…")
+        if event.kind == "planned":
+            self.bar.update(self.task, total=event.planned)
+            return
+        label = f"{event.variant.label} ({describe(event.variant.params)})"
+        burst = "short burst" if event.rung == 0 else "full burst"
+        if event.kind == "start":
+            self.bar.update(self.task, description=f"measuring {event.variant.label}, {burst}")
         else:
-            self.count += 1
-            self.console.log(f"[{self.count}] measured {label}, {burst}")
+            self.bar.advance(self.task)
+            self.bar.console.log(f"measured {label}, {burst}")
 
     def stop(self) -> None:
-        self.status.stop()
+        self.bar.stop()
 
 
 _SHORT = {"shards": "shards", "compression": "compr.", "interleave_cycle": "inter.",
