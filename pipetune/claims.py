@@ -105,12 +105,6 @@ class ClaimBoard:
             done = conn.execute(sa.select(CLAIMS.c.done).where(*self._where(variant_key, rung))).scalar()
         return bool(done)
 
-    def owner_alive(self, owner: str) -> bool:
-        with self.engine.connect() as conn:
-            beat = conn.execute(sa.select(sa.func.max(CLAIMS.c.heartbeat))
-                                .where(CLAIMS.c.study == self.study, CLAIMS.c.owner == owner)).scalar()
-        return beat is not None and not self._is_dead(owner, beat, time.time())
-
     def mark_done(self, variant_key: str, rung: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(CLAIMS.update().where(*self._where(variant_key, rung)).values(done=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipetune.device import Device
@@ -191,12 +191,3 @@ def describe(params: PipelineParams) -> str:
     if params.precision != "float32":
         parts.append(params.precision)
     return ", ".join(parts)
-
-
-def differing(a: PipelineParams, b: PipelineParams) -> list[str]:
-    """Names of the parameters where two variants differ."""
-    return [name for name in PipelineParams.model_fields if getattr(a, name) != getattr(b, name)]
-
-
-def all_dimensions() -> Iterable[str]:
-    return PipelineParams.model_fields.keys()
