@@ -92,7 +92,7 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
         "spec": {"name": outcome.spec.name, "hash": outcome.spec.content_hash()},
         "mode": outcome.mode, "strategy": outcome.strategy,
         "objective": outcome.ranking.objective,
-        "tuning_time_s": outcome.tuning_time_s,
+        "tuning_time_s": outcome.tuning_time_s, "budget_s": outcome.budget_s,
         "device": {"cpu": outcome.device.cpu_model, "cores": outcome.device.cpu_cores,
                    "accelerator": outcome.device.accelerator_note or
                    ", ".join(g.name for g in outcome.device.gpus)},

@@ -50,6 +50,7 @@ class SweepOutcome:
     ranking: Ranking
     device: Device
     tuning_time_s: float
+    budget_s: float | None = None  # the search budget in force (--budget or the spec's)
 
 
 def effective_mode(spec: Spec, override: str | None) -> str:
@@ -109,7 +110,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     results += search.skipped_results(state, known)
     ranking = rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
     return SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
-                        time.time() - started)
+                        time.time() - started, budget)
 
 
 class ShardLayouts:

@@ -45,4 +45,5 @@ def load_outcome(spec_or_dir: str | Path) -> SweepOutcome:
                                       else None) for g in device_fields["gpus"])
     ranking = rank(results, document["objective"], epochs=spec.measure.epochs_planned, seed=0)
     return SweepOutcome(spec, folder, document["strategy"], document["mode"], results, dropped,
-                        ranking, Device(**device_fields), document["tuning_time_s"])
+                        ranking, Device(**device_fields), document["tuning_time_s"],
+                        document.get("budget_s"))

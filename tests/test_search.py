@@ -536,6 +536,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "strategy": str,
     "objective": str,
     "tuning_time_s": NUMBER,
+    "budget_s": OPTIONAL_NUMBER,
     "device": {"cpu": str, "cores": int, "accelerator": str},
     "best": {"key": str, "role": str, "params": dict, "description": str, "median": NUMBER,
              "ci_low": NUMBER, "ci_high": NUMBER, "throughput_median": NUMBER,

@@ -263,7 +263,7 @@ def environment_facts(outcome: SweepOutcome) -> tuple[tuple[str, str], ...]:
         ("Objective", f"{outcome.ranking.objective.replace('_', ' ')}, "
                       f"{measure.epochs_planned} planned epochs"),
         ("tf.data options (winner)", _options_words(source)),
-        ("Search", f"{outcome.strategy}; budget {spec.search.budget_s:g} s in the spec; "
+        ("Search", f"{outcome.strategy}; budget {_budget(outcome):g} s; "
                    f"the sweep took {outcome.tuning_time_s:.0f} s"),
         ("RAM budget", f"{spec.resources.ram_budget_gb:g} GiB"),
         ("Spec", f"{spec.name} (hash {spec.content_hash()})"),
@@ -319,3 +319,7 @@ def _options_words(trial: TrialResult | None) -> str:
              for name in OPTION_PARAMETERS if name in trial.params]
     return ", ".join(parts) or "not recorded"
 
+
+def _budget(outcome: SweepOutcome) -> float:
+    """The budget in force: ``--budget`` when given, else the spec's (older results lack it)."""
+    return outcome.budget_s if outcome.budget_s is not None else outcome.spec.search.budget_s
