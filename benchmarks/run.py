@@ -138,7 +138,8 @@ def run_workload(workload: Workload, settings: Settings) -> dict:
                   "pick": best(pick).params, "oracle": best(grid).params}
     contenders = {name: PipelineParams(**params) for name, params in contenders.items()}
     measured = head_to_head(spec, contenders, settings, folder / "head-to-head")
-    ceiling = measure_variant(spec, Variant(contenders["autotune-default"]), spec.measure.steps,
+    # The consumer's limit at the pick's batch size: the step alone on one batch in memory.
+    ceiling = measure_variant(spec, Variant(contenders["pick"]), spec.measure.steps,
                               effective_mode(spec, None), ShardLayouts(spec, folder / "head-to-head" / "shards"),
                               folder / "head-to-head", consumer_ceiling=True)
     return summarise(workload, spec, sweeps, measured, ceiling, time.time() - started)

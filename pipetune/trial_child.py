@@ -19,7 +19,9 @@ from pipetune.results import TrialResult, TrialState
 from pipetune.trial import TrialRequest
 
 
-def child_main(request: TrialRequest, scratch: str, sender: Any) -> None:
+def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
     _redirect_stderr(Path(scratch) / "trial.log")
     try:
         message: tuple[str, object] = ("ok", measure(request, Path(scratch)))
