@@ -2,7 +2,8 @@
 
 Every workload runs in ``simulate`` mode (a consumer that sleeps a known time per batch, as an
 accelerator would), so the consumer's rate is known and the input pipeline is what differs.
-Sizes are chosen so a grid over each space takes well under two minutes on 2 cores.
+Spaces hold 12-36 valid variants: enough that the search strategy matters, small enough that
+the exhaustive grid (the oracle) takes about a minute per workload on 2 cores.
 """
 
 from __future__ import annotations
@@ -56,16 +57,16 @@ def _write_csv(path: Path) -> None:
     frame.to_csv(path, index=False)
 
 
-CACHE_SPACE = {"shards": [4], "interleave_cycle": [1], "map_parallel": [1, "autotune"],
-               "cache": ["none", "memory"], "shuffle_buffer": [256], "batch_size": [32],
-               "prefetch": ["autotune"]}
+CACHE_SPACE = {"shards": [4], "interleave_cycle": [1, 2], "map_parallel": [1, "autotune"],
+               "cache": ["none", "memory", "disk"], "shuffle_buffer": [256], "batch_size": [32],
+               "prefetch": [0, "autotune"]}
 
 WORKLOADS = [
     Workload("1-decode-heavy", "JPEG decode at 224 px",
              _spec("decode-heavy", _images(384, 224), IMAGE_OPS, 10,
-                   {"shards": [4], "interleave_cycle": [1, "autotune"], "map_parallel": [1, "autotune"],
+                   {"shards": [4], "interleave_cycle": [1, "autotune"], "map_parallel": [1, 2, "autotune"],
                     "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
-                    "prefetch": [0, "autotune"]})),
+                    "prefetch": [0, 1, "autotune"], "private_threadpool_size": [0, 8]})),
     Workload("2-cache-pays", "expensive deterministic decode, 30 epochs",
              _spec("cache-pays", _images(256, 224), IMAGE_OPS, 5, CACHE_SPACE,
                    measure={"epochs_planned": 30, "objective": "time_to_train"}),
@@ -76,29 +77,29 @@ WORKLOADS = [
              cache_must_not_win=True),
     Workload("4-slow-storage", "2 ms per record read from storage",
              _spec("slow-storage", _images(512, 32), IMAGE_OPS[:1] + IMAGE_OPS[3:], 2,
-                   {"shards": [16], "interleave_cycle": [1, 4, 16], "map_parallel": ["autotune"],
-                    "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
-                    "prefetch": ["autotune"], "private_threadpool_size": [0, 16]},
+                   {"shards": [16], "interleave_cycle": [1, 4, 16, "autotune"],
+                    "map_parallel": [1, "autotune"], "cache": ["none"], "shuffle_buffer": [256],
+                    "batch_size": [32], "prefetch": [0, "autotune"], "private_threadpool_size": [0, 16]},
                    storage={"read_latency_ms": 2}),
              must_beat_autotune=True),
     Workload("5-tabular-csv", "cheap CSV rows: per-element overhead, batch size, fusion",
              _spec("tabular-csv", {"kind": "csv", "path": "rows.csv", "label": "label"}, [], 2,
-                   {"shards": [4], "interleave_cycle": [1], "map_parallel": ["autotune"],
+                   {"shards": [4], "interleave_cycle": [1], "map_parallel": [1, "autotune"],
                     "cache": ["none"], "shuffle_buffer": [1024], "batch_size": [32, 256, 1024],
-                    "prefetch": ["autotune"], "map_and_batch_fusion": [True, False]},
+                    "prefetch": [0, "autotune"], "map_and_batch_fusion": [True, False]},
                    inputs={"features": [f"x{i}" for i in range(8)], "label": "label"}),
              files={"rows.csv": _write_csv}),
     Workload("6-consumer-bound", "a slow accelerator step (60 ms) and a cheap pipeline",
              _spec("consumer-bound", _images(256, 32), IMAGE_OPS[:1] + IMAGE_OPS[3:], 60,
-                   {"shards": [4], "interleave_cycle": [1], "map_parallel": [1, "autotune"],
+                   {"shards": [4], "interleave_cycle": [1, 2], "map_parallel": [1, "autotune"],
                     "cache": ["none"], "shuffle_buffer": [256], "batch_size": [32],
-                    "prefetch": [0, "autotune"]}),
+                    "prefetch": [0, 1, "autotune"]}),
              nothing_beats_autotune=True),
     Workload("7-many-small-shards", "1 ms per record read: many small shards vs few large",
              _spec("shards", _images(1024, 16), IMAGE_OPS[:1] + IMAGE_OPS[3:], 1,
-                   {"shards": [1, 4, 64], "interleave_cycle": [1, 16, "autotune"],
+                   {"shards": [1, 4, 64], "interleave_cycle": [1, 4, 16, "autotune"],
                     "map_parallel": ["autotune"], "cache": ["none"], "shuffle_buffer": [256],
-                    "batch_size": [32], "prefetch": ["autotune"], "private_threadpool_size": [16]},
+                    "batch_size": [32], "prefetch": ["autotune"], "private_threadpool_size": [0, 16]},
                    storage={"read_latency_ms": 1}),
              must_beat_autotune=True),
 ]
