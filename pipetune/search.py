@@ -60,6 +60,12 @@ class SearchState:
     on_event: Callable[[SearchEvent], None] = lambda event: None
     skipped: dict[str, str] = field(default_factory=dict)  # key -> why it was not run
 
+    def measured(self) -> dict[tuple[str, int], float | None]:
+        """Objective value of every stored measurement by (variant key, rung); cheap: the raw
+        results are not parsed (None for a failed one)."""
+        return {(t.user_attrs["variant_key"], t.user_attrs["rung"]): t.value
+                for t in self.study.get_trials(deepcopy=False) if "result" in t.user_attrs}
+
     def results(self) -> dict[tuple[str, int], TrialResult]:
         """Every stored measurement, by (variant key, rung)."""
         found = {}
@@ -149,8 +155,9 @@ def _measure_all(state: SearchState, variants: list[Variant], rung: int,
     steps = state.full_steps if rung == FULL_RUNG else max(3, round(state.full_steps * SHORT_FRACTION))
     for variant in variants:
         if not ignore_budget and time.time() > state.deadline:
+            done = state.measured()
             for rest in variants:
-                if (rest.key, rung) not in state.results():
+                if (rest.key, rung) not in done:
                     state.skipped.setdefault(rest.key, "not run: the time budget was spent")
             return
         _measure_one(state, variant, rung, steps)
@@ -160,7 +167,7 @@ def _measure_all(state: SearchState, variants: list[Variant], rung: int,
 def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) -> bool:
     if not state.board.try_claim(variant.key, rung):
         return False
-    if (variant.key, rung) in state.results():  # finished by a worker that died before marking done
+    if (variant.key, rung) in state.measured():  # finished by a worker that died before marking done
         state.board.mark_done(variant.key, rung)
         return False
     from pipetune.claims import Claim
@@ -208,9 +215,8 @@ def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, ste
 
 def _halving(state: SearchState, order: list[Variant]) -> None:
     _measure_all(state, order, SHORT_RUNG)
-    results = state.results()
-    scored = [(v, _objective_value(state, results[(v.key, SHORT_RUNG)]))
-              for v in order if (v.key, SHORT_RUNG) in results]
+    values = state.measured()
+    scored = [(v, values[(v.key, SHORT_RUNG)]) for v in order if (v.key, SHORT_RUNG) in values]
     measured = [(v, value) for v, value in scored if value is not None]
     better_first = sorted(measured, key=lambda item: (item[1], item[0].key),
                           reverse=state.objective == "throughput")
@@ -237,12 +243,12 @@ def _tpe(state: SearchState, order: list[Variant]) -> None:
     while time.time() < state.deadline and (pending := _unmeasured(state, order)):
         trial = local.ask(distributions)
         variant = by_combo.get(tuple(trial.params[d] for d in dims))
-        known = state.results().get((variant.key, FULL_RUNG)) if variant else None
-        if variant is not None and known is None:
+        measured = state.measured()
+        if variant is not None and (variant.key, FULL_RUNG) not in measured:
             misses = 0
             _tell(local, trial, _measure_full(state, variant))
             continue
-        _tell(local, trial, _objective_value(state, known) if known else None)
+        _tell(local, trial, measured.get((variant.key, FULL_RUNG)) if variant else None)
         misses += 1
         if misses >= 10:  # TPE keeps proposing what it knows: measure the next in seeded order
             misses, variant = 0, pending[0]
@@ -254,8 +260,7 @@ def _tpe(state: SearchState, order: list[Variant]) -> None:
 
 def _measure_full(state: SearchState, variant: Variant) -> float | None:
     _measure_one(state, variant, FULL_RUNG, state.full_steps)
-    result = state.results().get((variant.key, FULL_RUNG))
-    return _objective_value(state, result) if result else None
+    return state.measured().get((variant.key, FULL_RUNG))
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None) -> None:
@@ -266,7 +271,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None) -> None
 
 
 def _unmeasured(state: SearchState, order: list[Variant]) -> list[Variant]:
-    done = state.results()
+    done = state.measured()
     return [v for v in order if (v.key, FULL_RUNG) not in done]
 
 
@@ -295,7 +300,7 @@ def final_results(state: SearchState) -> list[TrialResult]:
 
 def skipped_results(state: SearchState, variants: dict[str, Variant]) -> list[TrialResult]:
     """The variants never measured at any rung (one with a stored result is in ``final_results``)."""
-    measured = {key for key, _ in state.results()}
+    measured = {key for key, _ in state.measured()}
     return [TrialResult(key=key, role=variants[key].role, params=variants[key].params.model_dump(),
                         state=TrialState.SKIPPED, reason=reason, batch_size=variants[key].params.batch_size)
             for key, reason in sorted(state.skipped.items()) if key in variants and key not in measured]
