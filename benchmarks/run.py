@@ -16,6 +16,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def prepare_spec(workload: Workload, settings: Settings) -> Spec:
 
 
 def sweep(spec: Spec, out: Path, strategy: str | None, budget: float | None, seed: int) -> SweepOutcome:
+    shutil.rmtree(out, ignore_errors=True)  # every run measures afresh
     return run_sweep(spec, SweepOptions(out_dir=out, strategy=strategy, budget_s=budget, seed=seed))
 
 
