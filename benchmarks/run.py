@@ -103,9 +103,7 @@ def head_to_head(spec: Spec, variants: dict[str, PipelineParams], settings: Sett
 
 
 def objective_values(results: list[TrialResult], objective: str, epochs: int) -> list[float]:
-    if objective == "throughput":
-        return [v for r in results for v in stats.repeat_throughputs(r)]
-    return [v for r in results for v in stats.repeat_time_to_train_s(r, epochs)]
+    return [v for r in results for v in stats.repeat_objective_values(r, objective, epochs)]
 
 
 def speedup(a: list[float], b: list[float], objective: str) -> tuple[float, float, float]:

@@ -123,9 +123,9 @@ def rank(
         raise ValueError(f"each ranked trial needs a unique key, but got {sorted(keys)}")
     unranked = tuple(sorted(unrankable, key=_identity_order))
 
-    measure = _objective_values(objective, epochs)
     higher_is_better = objective == "throughput"
-    scored = [_score(t, measure(t), confidence, seed) for t in rankable]
+    scored = [_score(t, stats.repeat_objective_values(t, objective, epochs), confidence, seed)
+              for t in rankable]
     ranked = _place(scored, higher_is_better)
     comparisons = _compare_best(ranked, trials, higher_is_better, confidence, seed)
     return Ranking(objective, ranked, unranked, comparisons)
@@ -160,12 +160,6 @@ def _split_rankable(
         has_numbers = trial.state is TrialState.COMPLETE and bool(trial.repeats)
         (rankable if has_numbers else unrankable).append(trial)
     return rankable, unrankable
-
-
-def _objective_values(objective: str, epochs: int) -> Callable[[TrialResult], list[float]]:
-    if objective == "throughput":
-        return stats.repeat_throughputs
-    return lambda trial: stats.repeat_time_to_train_s(trial, epochs)
 
 
 def _score(trial: TrialResult, values: list[float], confidence: float, seed: int) -> RankedTrial:

@@ -108,9 +108,14 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         board.close()
     known = {v.key: v for v in [*references, *candidates]}
     results += search.skipped_results(state, known)
-    ranking = rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
+    ranking = rank_sweep(spec, results, objective)
     return SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
                         time.time() - started, budget)
+
+
+def rank_sweep(spec: Spec, results: list[TrialResult], objective: str) -> Ranking:
+    """The ranking of a sweep's results: one call, so a fresh and a stored sweep agree."""
+    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
 
 
 class ShardLayouts:

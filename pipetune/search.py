@@ -198,9 +198,7 @@ def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult)
 def _objective_value(state: SearchState, result: TrialResult) -> float | None:
     if result.state is not TrialState.COMPLETE or not result.repeats:
         return None
-    if state.objective == "throughput":
-        return stats.median_iqr(stats.repeat_throughputs(result))[0]
-    return stats.median_iqr(stats.repeat_time_to_train_s(result, state.epochs))[0]
+    return stats.median_iqr(stats.repeat_objective_values(result, state.objective, state.epochs))[0]
 
 
 def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, steps: int) -> None:

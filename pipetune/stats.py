@@ -150,6 +150,14 @@ def repeat_time_to_train_s(trial: TrialResult, epochs: int) -> list[float]:
     return times
 
 
+def repeat_objective_values(trial: TrialResult, objective: str, epochs: int) -> list[float]:
+    """Per repeat, the value ranked by: examples/s ("throughput", higher is better) or the
+    projected seconds for ``epochs`` epochs ("time_to_train", lower is better)."""
+    if objective == "throughput":
+        return repeat_throughputs(trial)
+    return repeat_time_to_train_s(trial, epochs)
+
+
 def trial_wait_fraction(trial: TrialResult) -> float:
     """Input-wait fraction of ``trial`` pooled over its repeats (total wait / total wall)."""
     if not trial.repeats:

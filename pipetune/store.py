@@ -7,11 +7,10 @@ from pathlib import Path
 
 from pipetune.device import Device, Gpu
 from pipetune.errors import NoSweepError
-from pipetune.ranking import rank
 from pipetune.serialize import trial_from_dict
 from pipetune.space import Dropped
 from pipetune.spec import PipelineParams, Spec
-from pipetune.runner import SweepOutcome
+from pipetune.runner import SweepOutcome, rank_sweep
 
 RESULTS_NAME = "results.json"
 
@@ -43,7 +42,7 @@ def load_outcome(spec_or_dir: str | Path) -> SweepOutcome:
     device_fields = dict(stored["device"])
     device_fields["gpus"] = tuple(Gpu(g["name"], tuple(g["compute_capability"]) if g["compute_capability"]
                                       else None) for g in device_fields["gpus"])
-    ranking = rank(results, document["objective"], epochs=spec.measure.epochs_planned, seed=0)
+    ranking = rank_sweep(spec, results, document["objective"])
     return SweepOutcome(spec, folder, document["strategy"], document["mode"], results, dropped,
                         ranking, Device(**device_fields), document["tuning_time_s"],
                         document.get("budget_s"))
