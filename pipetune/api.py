@@ -39,7 +39,7 @@ class SweepResults:
     def of(cls, outcome: Any, paths: dict[str, Path]) -> SweepResults:
         import pandas as pd
 
-        from pipetune.outputs import result_rows
+        from pipetune.documents import result_rows
 
         return cls(pd.DataFrame(result_rows(outcome)), outcome.ranking, paths, outcome)
 
@@ -82,7 +82,7 @@ def best_pipeline_info(spec_or_dir: str | Path, rank: int = 1) -> BestPipeline:
     from pipetune.store import load_outcome
 
     require_tensorflow()
-    from pipetune.validate import on_sys_path
+    from pipetune.user_code import on_sys_path
 
     outcome = load_outcome(spec_or_dir)
     trial = chosen(outcome, rank).trial

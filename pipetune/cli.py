@@ -8,7 +8,6 @@ only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from pipetune import __version__
@@ -34,17 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipetune.commands import emit, env, report, sweep, validate
+    from pipetune.commands import emit, env, report, shard, sweep, validate
 
     parser = argparse.ArgumentParser(prog="pipetune", description=(
         "Find the fastest tf.data input pipeline for your data, model and machine, by measuring."))
     parser.add_argument("--version", action="version", version=f"pipetune {__version__}")
     sub = parser.add_subparsers(title="commands")
-    for command in (sweep, report, emit, validate, env):
+    for command in (sweep, report, emit, shard, validate, env):
         command.add_parser(sub)
     return parser
 
-
-def print_json(document: object) -> None:
-    json.dump(document, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipetune import stats
+from pipetune.dimensions import NAMES
 from pipetune.results import TrialResult, TrialState
 
-DIMENSIONS = ("prefetch", "map_parallel", "cache", "batch_size", "precision", "shards",
-              "interleave_cycle", "compression", "shuffle_buffer", "private_threadpool_size",
-              "map_and_batch_fusion")
 
 
 @dataclass(frozen=True, slots=True)
 class PairEffect:
-    """``with_value`` vs ``without_value`` in ``dimension``, all else equal: throughput ratio."""
+    """``with_value`` vs ``without_value`` in ``dimension``, all else equal: the speed-up of
+    the first by the sweep's objective (> 1: ``with_value`` is faster)."""
 
     dimension: str
     with_value: Any
@@ -34,6 +33,11 @@ class PairEffect:
     repeats: int  # repeats behind the numerator's median
     with_trial: str
     without_trial: str
+
+    @property
+    def measurable(self) -> bool:
+        """Whether the interval excludes "no effect" (a ratio of 1)."""
+        return self.ci_low > 1.0 or self.ci_high < 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,12 @@ def _others(params: dict[str, Any], dimension: str) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items() if k != dimension))
 
 
-def pair_effect(a: TrialResult, b: TrialResult, dimension: str) -> PairEffect:
-    ratio, low, high = stats.ratio_ci(stats.repeat_throughputs(a), stats.repeat_throughputs(b))
+def pair_effect(a: TrialResult, b: TrialResult, dimension: str, objective: str, epochs: int) -> PairEffect:
+    """Speed-up of ``a`` over ``b``: throughput a/b, or time to train b/a."""
+    faster, slower = stats.repeat_objective_values(a, objective, epochs), stats.repeat_objective_values(b, objective, epochs)
+    if objective != "throughput":
+        faster, slower = slower, faster
+    ratio, low, high = stats.ratio_ci(faster, slower)
     return PairEffect(dimension, a.params[dimension], b.params[dimension], ratio, low, high,
                       len(a.repeats), a.key, b.key)
 
@@ -75,7 +83,7 @@ def matched_pairs(results: Sequence[TrialResult], dimension: str) -> list[tuple[
 def dimension_effects(results: Sequence[TrialResult]) -> list[DimensionEffect]:
     """Per dimension and value pair, the median ratio over every matched pair."""
     effects = []
-    for dimension in DIMENSIONS:
+    for dimension in NAMES:
         ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
         values: dict[tuple[str, str], tuple[Any, Any]] = {}
         for a, b in matched_pairs(results, dimension):
@@ -92,10 +100,13 @@ def dimension_effects(results: Sequence[TrialResult]) -> list[DimensionEffect]:
     return effects
 
 
-def evidence_for(winner: TrialResult, results: Sequence[TrialResult], dimension: str) -> PairEffect | None:
+def evidence_for(winner: TrialResult, results: Sequence[TrialResult], dimension: str,
+                 objective: str, epochs: int) -> PairEffect | None:
     """The winner against the best completed trial that differs from it in ``dimension`` only."""
     rivals = [b for a, b in matched_pairs(results, dimension) if a.key == winner.key]
     if not rivals:
         return None
-    best_rival = max(rivals, key=lambda r: (statistics.median(stats.repeat_throughputs(r)), r.key))
-    return pair_effect(winner, best_rival, dimension)
+    sign = 1 if objective == "throughput" else -1
+    best_rival = max(rivals, key=lambda r: (
+        sign * statistics.median(stats.repeat_objective_values(r, objective, epochs)), r.key))
+    return pair_effect(winner, best_rival, dimension, objective, epochs)

@@ -8,13 +8,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipetune import sources
 from pipetune.errors import UsageError
 from pipetune.spec import Spec
 
 
 def num_outputs(spec: Spec) -> int:
-    """Classes for a classifier, 1 for regression: from the model section, else from the source."""
-    return spec.model.num_classes or getattr(spec.source, "num_classes", None) or 2
+    """Classes for a classifier, 1 for regression: from the model section, else from the source
+    (its class count, or a float label: regression).
+
+    Raises:
+        UsageError: an integer label whose number of classes only the data could tell.
+    """
+    if spec.model.num_classes:
+        return spec.model.num_classes
+    known = sources.num_classes(spec)
+    if known:
+        return known
+    label = sources.schema_of(spec)[spec.inputs.label]
+    if label.type == "float32":
+        return 1
+    raise UsageError(f"model.num_classes is required: the label {spec.inputs.label!r} holds class "
+                     f"indices and a {spec.source.kind} source does not say how many classes there are")
 
 
 def configure_tensorflow() -> None:
@@ -45,7 +60,7 @@ def build_model(spec: Spec, input_shape: tuple[int, ...], precision: str) -> Any
 def _user_model(spec: Spec, input_shape: tuple[int, ...], outputs: int) -> Any:
     import importlib
 
-    from pipetune.validate import on_sys_path
+    from pipetune.user_code import on_sys_path
 
     module_name, _, attr = spec.model.call.partition(":")
     with on_sys_path(spec.base_dir):

@@ -1,76 +1,21 @@
-"""What a sweep leaves behind: ``results.csv``, ``results.json`` and the ``--json`` document."""
+"""What a sweep leaves behind: ``results.csv``, ``results.json``, ``best_pipeline.py``, ``report.html``."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from pipetune import stats
-from pipetune.ranking import RankedTrial
-from pipetune.results import TrialResult, TrialState
-from pipetune.serialize import trial_to_dict
-from pipetune.space import describe
-from pipetune.spec import PipelineParams
-from pipetune.runner import SweepOutcome
-
-SCHEMA_VERSION = 1
-
-
-def trial_metrics(result: TrialResult, epochs: int) -> dict[str, Any]:
-    """The per-trial numbers shown everywhere (CSV, JSON, terminal); None when not measured."""
-    if result.state is not TrialState.COMPLETE or not result.repeats:
-        return {"throughput_median": None, "input_wait_fraction": None, "time_to_train_s": None,
-                "startup_s": None, "fill_s": None}
-    return {
-        "throughput_median": stats.median_iqr(stats.repeat_throughputs(result))[0],
-        "input_wait_fraction": stats.trial_wait_fraction(result),
-        "time_to_train_s": stats.median_iqr(stats.repeat_time_to_train_s(result, epochs))[0],
-        "startup_s": result.startup_ns / 1e9 if result.startup_ns is not None else None,
-        "fill_s": result.fill_ns / 1e9 if result.fill_ns is not None else None,
-    }
-
-
-def result_rows(outcome: SweepOutcome) -> list[dict[str, Any]]:
-    ranked = {r.trial.key: r for r in outcome.ranking.ranked}
-    rows = [_row(result, ranked.get(result.key), outcome.spec.measure.epochs_planned)
-            for result in outcome.results]
-    for dropped in outcome.dropped:
-        rows.append({"key": dropped.key, "role": "candidate", "state": "skipped",
-                     "reason": dropped.reason, "description": describe(dropped.params),
-                     **{f"param.{k}": v for k, v in dropped.params.model_dump().items()}})
-    return rows
-
-
-def _row(result: TrialResult, ranked: RankedTrial | None, epochs: int) -> dict[str, Any]:
-    params = PipelineParams(**result.params)
-    return {
-        "key": result.key, "role": result.role.value, "state": result.state.value,
-        "reason": result.reason, "description": describe(params),
-        "rank": ranked.position if ranked else None,
-        "tie_group": ranked.tie_group if ranked else None,
-        "objective_median": ranked.median if ranked else None,
-        "objective_ci_low": ranked.ci_low if ranked else None,
-        "objective_ci_high": ranked.ci_high if ranked else None,
-        **trial_metrics(result, epochs),
-        "repeats": len(result.repeats), "steps_per_repeat": result.budget_steps,
-        "rung": result.environment.get("rung"),
-        "cpu_percent": result.cpu_percent, "peak_rss_bytes": result.peak_rss_bytes,
-        "gpu_memory_bytes": result.gpu_memory_bytes,
-        "trial_wall_s": result.environment.get("trial_wall_s"),
-        **{f"param.{k}": v for k, v in result.params.items()},
-    }
+from pipetune.documents import json_document, result_rows
+from pipetune.emit import write_best
+from pipetune.outcome import SweepOutcome
+from pipetune.report import write_report
 
 
 def write_outputs(outcome: SweepOutcome) -> dict[str, Path]:
     """Write results.csv, results.json (raw trials, for ``pipetune report``/``emit``),
     best_pipeline.py when a variant completed, and report.html."""
-    from pipetune.emit import write_best
-    from pipetune.report import write_report
-
     out = outcome.out_dir
     paths = {"results_csv": out / "results.csv", "results_json": out / "results.json"}
     frame = pd.DataFrame(result_rows(outcome))
@@ -82,43 +27,3 @@ def write_outputs(outcome: SweepOutcome) -> dict[str, Path]:
         best_code = paths["best_pipeline"].read_text(encoding="utf-8")
     paths["report"] = write_report(outcome, best_code=best_code)
     return paths
-
-
-def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
-    """The ``--json`` document (schema in the README); ``raw`` adds per-step timestamps."""
-    best = outcome.ranking.best
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "spec": {"name": outcome.spec.name, "hash": outcome.spec.content_hash()},
-        "mode": outcome.mode, "strategy": outcome.strategy,
-        "objective": outcome.ranking.objective,
-        "tuning_time_s": outcome.tuning_time_s, "budget_s": outcome.budget_s,
-        "device": {"cpu": outcome.device.cpu_model, "cores": outcome.device.cpu_cores,
-                   "accelerator": outcome.device.accelerator_note or
-                   ", ".join(g.name for g in outcome.device.gpus)},
-        "best": _best(outcome, best),
-        "comparisons": [
-            {"reference": c.reference.trial.role.value, "speedup": c.speedup,
-             "ci_low": c.speedup_ci_low, "ci_high": c.speedup_ci_high,
-             "significant": c.significant, "batch_size_differs": c.batch_size_differs}
-            for c in outcome.ranking.comparisons
-        ],
-        "trials": result_rows(outcome),
-    }
-    if raw:  # everything `store.load_outcome` needs to rebuild the outcome
-        doc["stored"] = {
-            "spec": outcome.spec.model_dump(mode="json"), "base_dir": outcome.spec.base_dir,
-            "device": dataclasses.asdict(outcome.device),
-            "dropped": [{"params": d.params.model_dump(), "reason": d.reason} for d in outcome.dropped],
-            "trials": [trial_to_dict(r) for r in outcome.results],
-        }
-    return doc
-
-
-def _best(outcome: SweepOutcome, best: RankedTrial | None) -> dict[str, Any] | None:
-    if best is None:
-        return None
-    return {"key": best.trial.key, "role": best.trial.role.value, "params": best.trial.params,
-            "description": describe(PipelineParams(**best.trial.params)),
-            "median": best.median, "ci_low": best.ci_low, "ci_high": best.ci_high,
-            **trial_metrics(best.trial, outcome.spec.measure.epochs_planned)}

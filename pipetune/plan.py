@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipetune.dimensions import TF_COMPRESSION
 from pipetune.render_ops import WAIT_HELPER, render_op
 from pipetune.spec import Call, FeatureSpec, PipelineParams, Sleep, Spec
 
 _TF_TYPES = {"bytes": "tf.string", "int64": "tf.int64", "float32": "tf.float32"}
-_COMPRESSION = {"none": "", "gzip": "GZIP", "zlib": "ZLIB"}
 _AUTOTUNE = "tf.data.AUTOTUNE"
 
 
@@ -29,6 +29,15 @@ class DataLayout:
     file_pattern: str
     compression: str  # none | gzip | zlib
     schema: Mapping[str, FeatureSpec]
+    mean_record_bytes: float | None = None  # serialized size of one record, when known
+
+    @classmethod
+    def of(cls, files: Sequence[str], compression: str, schema: Mapping[str, FeatureSpec],
+           mean_record_bytes: float | None = None) -> DataLayout:
+        """The layout of a shard set's ``files`` (all in one folder, one suffix)."""
+        first = Path(files[0])
+        return cls(str(first.parent / f"*{''.join(first.suffixes)}"), compression, schema,
+                   mean_record_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +61,27 @@ class Plan:
 
     @classmethod
     def from_variant(cls, spec: Spec, params: PipelineParams, data: DataLayout) -> Plan:
-        """Order the stages: read, prepare (parse + deterministic ops), cache, shuffle,
-        augment (from the first random op on), model inputs, batch, prefetch, options."""
+        """Order the stages: list files (shuffled each epoch when shuffling), read, shuffle,
+        prepare (parse + deterministic ops), cache, augment (from the first random op on),
+        model inputs, batch, prefetch, options.
+
+        The element shuffle sits where its buffer is cheapest without changing what the model
+        sees: on serialized records before parsing when nothing is cached (``prepare`` is
+        deterministic per element), else right after the cache so every epoch is reshuffled.
+        """
         ops = spec.ops
         first_random = next((i for i, op in enumerate(ops) if op.is_random), len(ops))
         aliases = {i: f"user_fn_{i}" for i, op in enumerate(ops) if isinstance(op, Call)}
-        stages = [_read_stage(params, spec.storage.read_latency_ms), _map_stage("prepare", params)]
+        shuffle = Stage("shuffle", (f"ds = ds.shuffle({params.shuffle_buffer!r}, seed=SHUFFLE_SEED)",),
+                        random=True, training_only=True)
+        stages = _read_stages(params, spec.storage.read_latency_ms)
+        if params.shuffle_buffer and params.cache == "none":
+            stages.append(shuffle)
+        stages.append(_map_stage("prepare", params))
         if params.cache != "none":
             stages.append(_cache_stage(params))
-        if params.shuffle_buffer:
-            stages.append(Stage("shuffle", (f"ds = ds.shuffle({params.shuffle_buffer!r})",),
-                                random=True, training_only=True))
+            if params.shuffle_buffer:
+                stages.append(shuffle)
         if first_random < len(ops):
             stages.append(_map_stage("augment", params, random=True,
                                      function="lambda example: augment(example, training)"))
@@ -158,14 +177,23 @@ def _num(value: int | str) -> str:
     return _AUTOTUNE if value == "autotune" else repr(value)
 
 
+def _read_stages(params: PipelineParams, latency_ms: float = 0.0) -> list[Stage]:
+    """List the files (in a new seeded order each epoch when the data is shuffled), then read."""
+    stages = [Stage("list_files", ("files = tf.data.Dataset.list_files(file_pattern, shuffle=False)",))]
+    if params.shuffle_buffer:
+        # Order only, not a draw a cache could freeze: marked non-random for the cache rule.
+        stages.append(Stage("shuffle_files", ("files = files.shuffle(files.cardinality(), seed=SHUFFLE_SEED)",),
+                            training_only=True))
+    return [*stages, _read_stage(params, latency_ms)]
+
+
 def _read_stage(params: PipelineParams, latency_ms: float = 0.0) -> Stage:
-    files = "files = tf.data.Dataset.list_files(file_pattern, shuffle=False)"
     # Simulated storage: each file is read as one stream that waits per record.
     slow = f".map(lambda record: wait_then_pass(record, {latency_ms / 1000.0!r}))" if latency_ms else ""
     if params.interleave_cycle == 1:
-        return Stage("read", (files, f"ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION){slow}"))
+        return Stage("read", (f"ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION){slow}",))
     parallel = _AUTOTUNE if params.interleave_parallel else "None"
-    return Stage("read", (files, *_call("ds = files.interleave", [
+    return Stage("read", tuple(_call("ds = files.interleave", [
         f"lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION){slow}",
         f"cycle_length={_num(params.interleave_cycle)}",
         f"block_length={params.interleave_block!r}",
@@ -192,7 +220,7 @@ def _batch_stage(params: PipelineParams) -> Stage:
 
 def _prefetch_stage(params: PipelineParams) -> Stage:
     if params.prefetch == 0:
-        return Stage("prefetch", ("# no prefetch",))
+        return Stage("prefetch", ())  # no line; best_pipeline.py's comment says why
     return Stage("prefetch", (f"ds = ds.prefetch({_num(params.prefetch)})",))
 
 
@@ -203,9 +231,10 @@ def _constants(spec: Spec, params: PipelineParams, data: DataLayout) -> str:
     )
     return "\n".join([
         f"FILE_PATTERN = {data.file_pattern!r}",
-        f"COMPRESSION = {_COMPRESSION[data.compression]!r}",
+        f"COMPRESSION = {TF_COMPRESSION[data.compression]!r}",
         f"CACHE_PATH = {'pipetune-cache-' + spec.name!r}  # used only by a disk cache",
         f"PRECISION_POLICY = {params.precision!r}",
+        f"SHUFFLE_SEED = {spec.search.seed!r}  # file and element order: a new order each epoch, reproducible",
         "FEATURES = {", features, "}",
     ])
 

@@ -93,3 +93,6 @@ class TrialResult:
     environment: dict[str, Any] = field(default_factory=dict)
     budget_steps: int = 0  # steps per repeat this trial was given (halving rungs differ)
     pipeline_source: str = ""  # the module the trial imported to build its dataset
+    # Set by the search that ran it, not by the measurement:
+    rung: int | None = None  # which stage of the search measured it (search.SHORT_RUNG, ...)
+    trial_wall_s: float | None = None  # wall time of the whole trial, process start included

@@ -12,7 +12,7 @@ from pipetune import search, sources
 from pipetune.device import Device, detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
-from pipetune.ranking import Ranking, rank
+from pipetune.outcome import SweepOutcome, rank_sweep
 from pipetune.results import TrialResult
 from pipetune.space import (
     Dropped,
@@ -23,7 +23,8 @@ from pipetune.space import (
     reference_variants,
 )
 from pipetune.spec import Spec
-from pipetune.trial import TrialRequest, run_trial
+from pipetune.trial import run_trial
+from pipetune.trial_request import TrialRequest
 
 Event = Callable[[search.SearchEvent], None]
 
@@ -37,20 +38,6 @@ class SweepOptions:
     storage: str | None = None
     resume: bool = False
     seed: int | None = None
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    spec: Spec
-    out_dir: Path
-    strategy: str
-    mode: str
-    results: list[TrialResult]
-    dropped: list[Dropped]
-    ranking: Ranking
-    device: Device
-    tuning_time_s: float
-    budget_s: float | None = None  # the search budget in force (--budget or the spec's)
 
 
 def effective_mode(spec: Spec, override: str | None) -> str:
@@ -83,8 +70,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     started = time.time()
     storage_url = prepare_out_dir(options)
     mode = effective_mode(spec, options.mode)
-    objective = spec.measure.resolved_objective if options.mode is None else (
-        "time_to_train" if mode == "train" else "throughput")
+    objective = spec.measure.objective_in(mode)
     device = detect_device()
     layouts = ShardLayouts(spec, options.out_dir / "shards")
     references = reference_variants(spec, device)
@@ -113,11 +99,6 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
                         time.time() - started, budget)
 
 
-def rank_sweep(spec: Spec, results: list[TrialResult], objective: str) -> Ranking:
-    """The ranking of a sweep's results: one call, so a fresh and a stored sweep agree."""
-    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
-
-
 class ShardLayouts:
     """Shard sets, prepared on first use: only the (shards, compression) pairs measured."""
 
@@ -140,11 +121,10 @@ class _Layout:
 
     @classmethod
     def of(cls, shard_set: Any, schema: dict) -> _Layout:
-        folder = Path(shard_set.files[0]).parent
-        suffix = "".join(Path(shard_set.files[0]).suffixes)
         manifest = shard_set.manifest
-        data = DataLayout(str(folder / f"*{suffix}"), shard_set.compression, schema)
-        return cls(data, manifest.num_examples, manifest.total_bytes / max(1, manifest.num_examples))
+        mean_record_bytes = manifest.total_bytes / max(1, manifest.num_examples)
+        data = DataLayout.of(shard_set.files, shard_set.compression, schema, mean_record_bytes)
+        return cls(data, manifest.num_examples, mean_record_bytes)
 
 
 def measure_variant(spec: Spec, variant: Variant, steps: int, mode: str, layouts: ShardLayouts,

@@ -24,6 +24,7 @@ import optuna
 
 from pipetune import stats
 from pipetune.claims import ClaimBoard, retry_schema_race
+from pipetune.dimensions import NAMES
 from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
@@ -85,18 +86,25 @@ def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Stud
 
 def run(state: SearchState, strategy: str, references: list[Variant],
         candidates: list[Variant]) -> str:
-    """Measure the references, then the candidates by ``strategy``. Returns the strategy used."""
+    """Measure the references, then the candidates by ``strategy``.
+
+    Returns what was run, in words: the strategy, and the sample of the space when the budget
+    fitted only part of it (e.g. "grid over a budget sample of 9 of 23 variants").
+    """
     reference_keys = {v.key for v in references}
     candidates = [v for v in candidates if v.key not in reference_keys]
     state.on_event(SearchEvent("planned", planned=len(references)))
     _measure_all(state, references, FULL_RUNG, ignore_budget=True)
     order = _seeded_order(candidates, state.seed)
+    sample = ""
     if strategy == "auto":
         plan = plan_search(len(order), *_costs_so_far(state), state.deadline - time.time())
         strategy = plan.strategy
         for variant in order[plan.variants:]:
             state.skipped.setdefault(variant.key, "not run: the budget fits only a sample of the "
                                                   f"space ({plan.variants} of {len(order)} variants)")
+        if plan.variants < len(order):
+            sample = f" over a budget sample of {plan.variants} of {len(order)} variants"
         order = order[:plan.variants]
     promoted = round(len(order) * PROMOTE_FRACTION) if strategy == "halving" else 0
     state.on_event(SearchEvent("planned", planned=len(references) + len(order) + promoted))
@@ -108,7 +116,7 @@ def run(state: SearchState, strategy: str, references: list[Variant],
         _tpe(state, order)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
-    return strategy
+    return strategy + sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +149,7 @@ def _costs_so_far(state: SearchState) -> tuple[float, float]:
     walls, bursts = [], []
     for (_, rung), result in state.results().items():
         if rung == FULL_RUNG and result.repeats:
-            walls.append(result.environment.get("trial_wall_s", 0.0))
+            walls.append(result.trial_wall_s or 0.0)
             bursts.append(sum(r.wall_ns for r in result.repeats) / 1e9 + (result.fill_ns or 0) / 1e9)
     if not walls:
         return 10.0, 10.0
@@ -179,8 +187,7 @@ def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) ->
         result = state.measure(variant, steps)
     finally:
         state.board.beat_for(None)
-    result = replace(result, role=variant.role,
-                     environment={**result.environment, "trial_wall_s": time.time() - started, "rung": rung})
+    result = replace(result, role=variant.role, rung=rung, trial_wall_s=time.time() - started)
     _store(state, variant, rung, result)
     state.board.mark_done(variant.key, rung)
     state.on_event(SearchEvent("end", variant, rung))
@@ -230,8 +237,7 @@ def _tpe(state: SearchState, order: list[Variant]) -> None:
     is told as failed; one already measured is told its known value; a run of repeats (TPE
     converged on a small space) falls back to the next unmeasured variant in the seeded order.
     """
-    dims = [name for name in order[0].params.model_fields
-            if len({repr(getattr(v.params, name)) for v in order}) > 1] if order else []
+    dims = [name for name in NAMES if len({repr(getattr(v.params, name)) for v in order}) > 1]
     choices = {name: sorted({repr(getattr(v.params, name)) for v in order}) for name in dims}
     by_combo = {tuple(repr(getattr(v.params, d)) for d in dims): v for v in order}
     distributions = {d: optuna.distributions.CategoricalDistribution(choices[d]) for d in dims}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipetune.device import Device
+from pipetune.dimensions import describe_values
 from pipetune.results import Role
 from pipetune.spec import DecodeImage, Normalize, PipelineParams, Resize, Spec
 
@@ -178,16 +179,4 @@ def estimate_cache_bytes(spec: Spec, num_examples: int, mean_record_bytes: float
 
 def describe(params: PipelineParams) -> str:
     """A short plain-words description, e.g. for the report and the terminal table."""
-    parts = [f"{params.shards} shard{'s' if params.shards != 1 else ''}"]
-    parts.append("sequential read" if params.interleave_cycle == 1
-                 else f"interleave {params.interleave_cycle}")
-    parts.append("sequential map" if params.map_parallel == 1 else f"parallel map {params.map_parallel}")
-    if params.cache != "none":
-        parts.append(f"{params.cache} cache")
-    if params.shuffle_buffer:
-        parts.append(f"shuffle {params.shuffle_buffer}")
-    parts.append(f"batch {params.batch_size}")
-    parts.append("no prefetch" if params.prefetch == 0 else f"prefetch {params.prefetch}")
-    if params.precision != "float32":
-        parts.append(params.precision)
-    return ", ".join(parts)
+    return describe_values(params.model_dump())

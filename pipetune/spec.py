@@ -18,9 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from pipetune.dimensions import DIMENSIONS, Compression, Dimension, NonNegativeInt, PositiveInt
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 SpecName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -31,13 +34,7 @@ CallRef = Annotated[
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
     ),
 ]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 Size2 = tuple[PositiveInt, PositiveInt]
-Compression = Literal["none", "gzip", "zlib"]
-Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
-CacheKind = Literal["none", "memory", "disk"]
-Autotune = Literal["autotune"]
 
 
 class Strict(BaseModel):
@@ -279,63 +276,20 @@ class MeasureSpec(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
     objective: Literal["auto", "time_to_train", "throughput"] = "auto"
 
-    @property
-    def resolved_objective(self) -> str:
+    def objective_in(self, mode: str) -> str:
+        """The objective ranked by when measuring in ``mode`` (the one place ``auto`` is resolved)."""
         if self.objective != "auto":
             return self.objective
-        return "time_to_train" if self.mode == "train" else "throughput"
+        return "time_to_train" if mode == "train" else "throughput"
 
 
 # --------------------------------------------------------------------------- pipeline params
 
 
-class PipelineParams(Strict):
-    """One point of the search space: every knob of a tf.data pipeline, written out."""
-
-    shards: PositiveInt = 1
-    compression: Compression = "none"
-    interleave_cycle: PositiveInt | Autotune = 1  # 1 = read the files in order, no interleave
-    interleave_block: PositiveInt = 1
-    interleave_parallel: bool = True
-    map_parallel: PositiveInt | Autotune = 1
-    cache: CacheKind = "none"
-    shuffle_buffer: NonNegativeInt = 0  # 0 = no shuffle
-    batch_size: PositiveInt = 32
-    drop_remainder: bool = False
-    prefetch: NonNegativeInt | Autotune = 0  # 0 = no prefetch
-    precision: Precision = "float32"
-    deterministic: bool = True
-    private_threadpool_size: NonNegativeInt = 0  # 0 = tf.data's shared pool
-    map_and_batch_fusion: bool = True
-    autotune_ram_budget_mb: NonNegativeInt = 0  # 0 = tf.data's default
-    autotune_cpu_budget: NonNegativeInt = 0  # 0 = tf.data's default (the core count)
-
-
-def _choices(annotation: Any, default: list[Any]) -> Any:
-    return Annotated[list[annotation], Field(min_length=1, default_factory=lambda: list(default))]
-
-
-class SearchSpace(Strict):
-    """The values to try per dimension. A dimension left out gets the defaults below: the
-    knobs that most often matter are searched, the rest keep tf.data's defaults."""
-
-    shards: _choices(PositiveInt, [8])
-    compression: _choices(Compression, ["none"])
-    interleave_cycle: _choices(PositiveInt | Autotune, [1, "autotune"])
-    interleave_block: _choices(PositiveInt, [1])
-    interleave_parallel: _choices(bool, [True])
-    map_parallel: _choices(PositiveInt | Autotune, [1, "autotune"])
-    cache: _choices(CacheKind, ["none", "memory"])
-    shuffle_buffer: _choices(NonNegativeInt, [1024])
-    batch_size: _choices(PositiveInt, [64])
-    drop_remainder: _choices(bool, [False])
-    prefetch: _choices(NonNegativeInt | Autotune, [0, "autotune"])
-    precision: _choices(Precision, ["float32"])
-    deterministic: _choices(bool, [True])
-    private_threadpool_size: _choices(NonNegativeInt, [0])
-    map_and_batch_fusion: _choices(bool, [True])
-    autotune_ram_budget_mb: _choices(NonNegativeInt, [0])
-    autotune_cpu_budget: _choices(NonNegativeInt, [0])
+class _SpaceBase(Strict):
+    """The values to try per dimension (fields from ``dimensions.DIMENSIONS``). A dimension
+    left out gets its registry search values: the knobs that most often matter are searched,
+    the rest keep tf.data's defaults."""
 
     @field_validator("*")
     @classmethod
@@ -350,6 +304,22 @@ class SearchSpace(Strict):
 
     def dimensions(self) -> dict[str, list[Any]]:
         return {name: list(values) for name, values in self}
+
+
+def _choices(dimension: Dimension) -> tuple[Any, Any]:
+    default = list(dimension.search)
+    return list[dimension.annotation], Field(min_length=1, default_factory=lambda: list(default))
+
+
+# One point of the search space: every knob of a tf.data pipeline, written out.
+PipelineParams = create_model(
+    "PipelineParams", __base__=Strict, __module__=__name__,
+    **{d.name: (d.annotation, d.default) for d in DIMENSIONS},
+)
+SearchSpace = create_model(
+    "SearchSpace", __base__=_SpaceBase, __module__=__name__,
+    **{d.name: _choices(d) for d in DIMENSIONS},
+)
 
 
 class SearchSpec(Strict):

@@ -10,7 +10,7 @@ from pipetune.errors import NoSweepError
 from pipetune.serialize import trial_from_dict
 from pipetune.space import Dropped
 from pipetune.spec import PipelineParams, Spec
-from pipetune.runner import SweepOutcome, rank_sweep
+from pipetune.outcome import SweepOutcome, rank_sweep
 
 RESULTS_NAME = "results.json"
 

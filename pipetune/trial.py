@@ -15,41 +15,14 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from pipetune.plan import DataLayout
-from pipetune.results import Role, TrialResult, TrialState
-from pipetune.spec import PipelineParams, Spec
+from pipetune.results import TrialResult
+from pipetune.trial_request import TrialRequest, failed
 
 _POLL_S = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class TrialRequest:
-    """Everything a child process needs to measure one variant. Picklable."""
-
-    spec: Spec
-    params: PipelineParams
-    role: Role
-    key: str
-    data: DataLayout
-    num_examples: int
-    mode: str  # train | input | simulate
-    warmup_steps: int
-    steps: int
-    repeats: int
-    monitor_interval_s: float = 0.05
-    # Measure the consumer alone on one batch held in memory: the physical limit of the step.
-    consumer_ceiling: bool = False
-
-
-def failed(request: TrialRequest, reason: str, **measured: object) -> TrialResult:
-    return TrialResult(key=request.key, role=request.role, params=request.params.model_dump(),
-                       state=TrialState.FAILED, reason=reason,
-                       batch_size=request.params.batch_size, budget_steps=request.steps, **measured)
 
 
 def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.results import TrialResult, TrialState
-from pipetune.trial import TrialRequest
+from pipetune.trial_request import TrialRequest
 
 
 def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
@@ -38,10 +39,30 @@ def _redirect_stderr(path: Path) -> None:
     os.dup2(log.fileno(), 2)
 
 
+REASON_CHARS = 600
+# Lines of a TensorFlow error that say where, not what: the op's Python traceback and node names.
+_WHERE_LINE = re.compile(r"^(Detected at node|Graph execution error|File \"|\[\[\{\{node|"
+                         r"defined at \(most recent call last\)|Traceback \(most recent call last\))")
+
+
+def error_words(err: BaseException) -> str:
+    """The error's own message: TensorFlow's last lines that say what went wrong, without the
+    traceback through scratch files and autograph modules, on one line."""
+    text = getattr(err, "message", None) or str(err)
+    kept = [line.strip() for line in text.splitlines()
+            if line.strip() and not line.startswith((" ", "\t")) and not _WHERE_LINE.match(line.strip())]
+    words = " ".join(" ".join(kept[-3:]).split()) if kept else " ".join(text.split())
+    words = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", words)
+    words = re.sub(r"\s*\[Op:[^\]]*\](\s*name:\s*\S*)?\s*$", "", words)
+    if len(words) > REASON_CHARS:
+        words = words[:REASON_CHARS].rsplit(" ", 1)[0] + " …"
+    return words
+
+
 def explain_failure(err: BaseException) -> str:
     """One readable line: what kind of failure, then TensorFlow's or Python's own words."""
     name = type(err).__name__
-    text = " ".join(str(err).split())[:400]
+    text = error_words(err)
     if name in ("ResourceExhaustedError", "MemoryError"):
         return f"out of memory ({name}): {text}"
     if name == "DataLossError" or "corrupted record" in text.lower():
@@ -58,7 +79,7 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
     from pipetune.models import configure_tensorflow
     from pipetune.monitors import Monitors, clip, mean_metric, peak_metric
     from pipetune.plan import Plan
-    from pipetune.validate import on_sys_path
+    from pipetune.user_code import on_sys_path
 
     configure_tensorflow()
     spec, params = request.spec, request.params

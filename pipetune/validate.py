@@ -11,16 +11,17 @@ import difflib
 import importlib
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from pipetune import sources
-from pipetune.errors import SpecError
+from pipetune.errors import SpecError, UsageError
+from pipetune.models import num_outputs
 from pipetune.spec import OP_TYPES, Call, PreprocessStep, Spec, SOURCE_TYPES as _SOURCE_TYPES
 from pipetune.spec_yaml import LocatedDocument, load_located
+from pipetune.user_code import on_sys_path
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -40,6 +41,9 @@ def load_spec(path: str | Path) -> Spec:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError([f"{path}:1:1: <document>: cannot read the spec: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:
+        raise SpecError([f"{path}:1:1: <document>: the spec must be UTF-8 text, but byte "
+                         f"{err.start} is not ({err.reason})"]) from None
     document = load_located(text, str(path))
     if not isinstance(document.data, dict):
         given = "an empty file" if document.data is None else f"a {type(document.data).__name__}"
@@ -158,7 +162,8 @@ def _lower_first(text: str) -> str:
 
 
 def _world_problems(spec: Spec) -> Iterator[tuple[tuple[str, ...], str]]:
-    yield from sources.check_source(spec)
+    source_problems = sources.check_source(spec)
+    yield from source_problems
     yield from _call_problems(spec)
     try:
         schema = sources.schema_of(spec)
@@ -166,6 +171,11 @@ def _world_problems(spec: Spec) -> Iterator[tuple[tuple[str, ...], str]]:
         yield ("source",), f"cannot read the source's schema: {err}"
         return
     yield from _key_problems(spec, set(schema))
+    if spec.model.builtin and spec.inputs.label in schema and not source_problems:
+        try:
+            num_outputs(spec)
+        except UsageError as err:
+            yield ("model",), str(err)
 
 
 def _call_problems(spec: Spec) -> Iterator[tuple[tuple[str, ...], str]]:
@@ -190,19 +200,6 @@ def import_problem(ref: str, base_dir: str) -> str | None:
     if not callable(getattr(module, attr, None)):
         return f"module {module_name!r} has no callable {attr!r}"
     return None
-
-
-@contextmanager
-def on_sys_path(folder: str) -> Iterator[None]:
-    """Make the spec's folder importable, as the user expects, for the duration of a block."""
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
 
 
 def _key_problems(spec: Spec, known: set[str]) -> Iterator[tuple[tuple[str, ...], str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipetune.dimensions import NAMES, short_label
 from pipetune.stats import input_bound_band
 
 STRATEGIES = ("auto", "grid", "halving", "tpe")
@@ -33,8 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipetune.cli import print_json
-    from pipetune.outputs import json_document, write_outputs
+    from pipetune.commands.printing import print_json
+    from pipetune.documents import json_document
+    from pipetune.outputs import write_outputs
     from pipetune.runner import SweepOptions, run_sweep
     from pipetune.validate import load_spec
 
@@ -102,15 +104,6 @@ class _Progress:
         self.bar.stop()
 
 
-_SHORT = {"shards": "shards", "compression": "compr.", "interleave_cycle": "inter.",
-          "interleave_block": "block", "interleave_parallel": "par. il.", "map_parallel": "map",
-          "cache": "cache", "shuffle_buffer": "shuffle", "batch_size": "batch",
-          "drop_remainder": "drop rem.", "prefetch": "prefetch", "precision": "precision",
-          "deterministic": "determ.", "private_threadpool_size": "pool",
-          "map_and_batch_fusion": "fusion", "autotune_ram_budget_mb": "ram MB",
-          "autotune_cpu_budget": "cpu budget"}
-
-
 def _compact(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -119,11 +112,11 @@ def _compact(value: object) -> str:
 
 def _varying(trials) -> list[str]:
     """The parameters that differ between the ranked trials: the only ones worth a column."""
-    return [name for name in _SHORT if len({repr(t.trial.params[name]) for t in trials}) > 1]
+    return [name for name in NAMES if len({repr(t.trial.params[name]) for t in trials}) > 1]
 
 
 def _print_summary(console: Console, outcome, paths: dict) -> None:
-    from pipetune.outputs import trial_metrics
+    from pipetune.documents import trial_metrics
 
     ranking = outcome.ranking
     epochs = outcome.spec.measure.epochs_planned
@@ -133,7 +126,7 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
     table = Table(title=f"{outcome.spec.name}: {len(ranking.ranked)} ranked trials "
                         f"({outcome.strategy}, {outcome.mode} mode, by {ranking.objective}"
                         + (f" over {epochs} epochs)" if ranking.objective == "time_to_train" else ")"))
-    for column in ("#", "=", "variant", *(_SHORT[c] for c in columns), unit, "95% CI", "wait", "CPU"):
+    for column in ("#", "=", "variant", *(short_label(c) for c in columns), unit, "95% CI", "wait", "CPU"):
         table.add_column(column, no_wrap=True)
     for ranked in shown:
         trial = ranked.trial
@@ -161,7 +154,7 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
 
 
 def _print_verdict(console: Console, outcome) -> None:
-    from pipetune.outputs import trial_metrics
+    from pipetune.documents import trial_metrics
 
     for ranked in outcome.ranking.ranked:
         if ranked.trial.role.value in ("baseline", "naive"):

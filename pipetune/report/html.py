@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from pipetune import __version__
+from pipetune.dimensions import BY_NAME
 from pipetune.errors import PipetuneError
-from pipetune.report import charts
+from pipetune.documents import json_document
+import pipetune.report.charts as charts
 from pipetune.report.model import Report, build_report
 from pipetune.report.timelines import HOST_BUSY_NOTE
 
 if TYPE_CHECKING:
-    from pipetune.runner import SweepOutcome
+    from pipetune.outcome import SweepOutcome
 
 REPORT_NAME = "report.html"
 TEMPLATE_NAME = "template.html.j2"
@@ -136,7 +138,6 @@ def raw_document(outcome: SweepOutcome) -> dict[str, Any]:
     Per-step timings are kept whole: they are the measurement. Monitor samples are picked
     evenly (real samples, not averages) so a 50-trial page stays small.
     """
-    from pipetune.outputs import json_document  # pandas: only when a report is rendered
 
     document = json_document(outcome, raw=True)
     trials = document["stored"]["trials"]
@@ -251,16 +252,9 @@ def format_cpu(percent: float | None) -> str:
     return "—" if percent is None else f"{percent:.0f}%"
 
 
-_SHORT_DIMENSIONS = {"interleave_cycle": "interleave", "interleave_block": "il. block",
-                     "interleave_parallel": "il. parallel", "map_parallel": "map",
-                     "shuffle_buffer": "shuffle", "batch_size": "batch", "drop_remainder": "drop rem.",
-                     "private_threadpool_size": "pool", "map_and_batch_fusion": "fusion",
-                     "autotune_ram_budget_mb": "autotune RAM", "autotune_cpu_budget": "autotune CPU"}
-
-
 def short_dimension(name: str) -> str:
     """A column header for a pipeline parameter; the full name goes in its title."""
-    return _SHORT_DIMENSIONS.get(name, name)
+    return BY_NAME[name].short if name in BY_NAME else name
 
 
 def format_value(value: object) -> str:

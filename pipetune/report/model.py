@@ -35,7 +35,7 @@ from pipetune.space import describe
 from pipetune.spec import PipelineParams
 
 if TYPE_CHECKING:  # importing the runner pulls in Optuna; the report only reads its outcome
-    from pipetune.runner import SweepOutcome
+    from pipetune.outcome import SweepOutcome
 
 REFERENCE_ROLES = (Role.NAIVE, Role.AUTOTUNE_DEFAULT, Role.BASELINE)
 MAX_EFFECTS = 30  # a readable chart; large spaces have many value pairs, most of them small

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipetune import stats
+from pipetune.dimensions import NAMES
 from pipetune.effects import dimension_effects, matched_pairs
 from pipetune.ranking import RankedTrial
 from pipetune.results import Role, TrialResult, TrialState
@@ -129,7 +130,7 @@ def rank_row(ranked: RankedTrial, varying: Sequence[str], winner_key: str | None
 def parameter_split(trials: Sequence[TrialResult]) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
     """(dimensions whose value differs between trials, (name, value) of those all share)."""
     varying, shared = [], []
-    for name in PipelineParams.model_fields:
+    for name in NAMES:
         values = {repr(t.params.get(name)): t.params.get(name) for t in trials}
         if len(values) > 1:
             varying.append(name)

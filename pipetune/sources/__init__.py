@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from pipetune.errors import SourceError
+from pipetune.errors import SourceError, UsageError
 from pipetune.sources import image_folder, npz, synthetic, tabular, tfrecord
-from pipetune.sources.common import Problem, format_problems
+from pipetune.sources.common import Inspection, Problem, format_problems
 from pipetune.sources.shards import (
     COMPRESSIONS,
     Manifest,
@@ -29,6 +29,9 @@ __all__ = [
     "Manifest",
     "ShardSet",
     "check_source",
+    "export_shards",
+    "find_shards",
+    "num_classes",
     "prepare_shards",
     "schema_of",
     "tf_compression",
@@ -54,6 +57,17 @@ def schema_of(spec: Spec) -> dict[str, FeatureSpec]:
         SourceError: the file is missing or unreadable, or its columns cannot be features.
     """
     return _KINDS[spec.source.kind].schema_of(spec)
+
+
+def num_classes(spec: Spec) -> int | None:
+    """How many classes the source itself says it has (synthetic: its setting; an image
+    folder: its class sub-folders), or None when only the data could tell."""
+    if spec.source.kind == "synthetic_images":
+        return spec.source.num_classes
+    if spec.source.kind == "image_folder":
+        inspection = image_folder.inspect(spec)
+        return None if inspection.problems else len(inspection.facts)
+    return None
 
 
 def check_source(spec: Spec) -> list[Problem]:
@@ -90,14 +104,49 @@ def prepare_shards(spec: Spec, shards: int, compression: str, root: Path) -> Sha
         raise ValueError(f"`shards >= 1` must hold, but got {shards}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, but got {compression!r}")
-    kind = _KINDS[spec.source.kind]
-    inspection = kind.inspect(spec)
-    if inspection.problems:
-        raise SourceError(format_problems(inspection.problems))
-    digest = content_hash(spec.source.model_dump(mode="json"), inspection.inputs, inspection.facts)
-    folder = Path(root).absolute() / digest / f"{shards}-{compression}"
+    inspection, digest, folder = _where(spec, shards, compression, root)
     reused = find_complete(folder, shards, compression, digest)
     if reused is not None:
         return reused
-    records = kind.records(spec, inspection)
+    records = _KINDS[spec.source.kind].records(spec, inspection)
     return write_set(folder, records, shards, compression, inspection.require_schema(), digest)
+
+
+def export_shards(spec: Spec, shards: int, compression: str, folder: Path) -> ShardSet:
+    """The source's records as shards directly in ``folder`` (new or empty): the layout a
+    ``best_pipeline.py`` reads, for the user's full or a new data set.
+
+    Raises:
+        UsageError: ``folder`` holds anything but this very shard set (nothing is deleted).
+    """
+    folder = Path(folder).absolute()
+    inspection, digest, _ = _where(spec, shards, compression, folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"--out {folder} is a file: pass a new or empty folder")
+        existing = find_complete(folder, shards, compression, digest)
+        if existing is not None:
+            return existing
+        if any(folder.iterdir()):
+            raise UsageError(f"--out {folder} is not empty: pass a new or empty folder")
+    records = _KINDS[spec.source.kind].records(spec, inspection)
+    return write_set(folder, records, shards, compression, inspection.require_schema(), digest)
+
+
+def find_shards(spec: Spec, shards: int, compression: str, root: Path) -> ShardSet | None:
+    """The complete shard set that :func:`prepare_shards` would reuse, or None. Never writes:
+    readers of a finished sweep (emit, report, ``best_pipeline()``) use this."""
+    try:
+        _, digest, folder = _where(spec, shards, compression, root)
+    except SourceError:
+        return None
+    return find_complete(folder, shards, compression, digest)
+
+
+def _where(spec: Spec, shards: int, compression: str, root: Path) -> tuple[Inspection, str, Path]:
+    """The source's inspection, its content hash and the folder its shard set belongs in."""
+    inspection = _KINDS[spec.source.kind].inspect(spec)
+    if inspection.problems:
+        raise SourceError(format_problems(inspection.problems))
+    digest = content_hash(spec.source.model_dump(mode="json"), inspection.inputs, inspection.facts)
+    return inspection, digest, Path(root).absolute() / digest / f"{shards}-{compression}"

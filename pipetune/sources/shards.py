@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipetune.dimensions import TF_COMPRESSION
 from pipetune.sources.common import Schema
 
 # Bump when the records written for an unchanged source would differ: old sets are then unused.
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 COMPRESSIONS = ("none", "gzip", "zlib")
-_TF_COMPRESSION = {"none": "", "gzip": "GZIP", "zlib": "ZLIB"}
 _SUFFIX = {"none": ".tfrecord", "gzip": ".tfrecord.gz", "zlib": ".tfrecord.zz"}
 _TEMP_PREFIX = ".tmp-"
 
@@ -78,7 +78,7 @@ class ShardSet:
 
 def tf_compression(compression: str) -> str:
     """The ``compression_type`` string TensorFlow's TFRecord reader and writer take."""
-    return _TF_COMPRESSION[compression]
+    return TF_COMPRESSION[compression]
 
 
 def content_hash(
