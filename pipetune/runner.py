@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from pipetune import search, sources
-from pipetune.device import Device, detect_device, require_tensorflow
+from pipetune.device import detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
 from pipetune.outcome import SweepOutcome, rank_sweep
 from pipetune.results import TrialResult
 from pipetune.space import (
-    Dropped,
     SpaceFacts,
     Variant,
     enumerate_space,
