@@ -12,6 +12,10 @@ No machine of this project has a GPU, so the NVML path is tested against this fa
   ``Uninitialized`` (init is reference counted), ``nvmlDeviceGetSamples`` returns only samples
   newer than ``timeStamp`` and raises ``NotFound`` when there are none (an idle GPU).
 
+A test sets the load with ``set_kernel_active(percent)``; each fine sample carries the value in
+force at its own device timestamp, and periods at 0 % produce no samples (NVML's buffer runs dry
+on an idle GPU), so a change of load shows up at the right time, not retroactively.
+
 Device timestamps run on a device clock in microseconds, with an arbitrary offset from the
 burst's ``perf_counter_ns``; ``device_us_to_perf_ns`` gives a test the true time of a sample.
 """
@@ -92,7 +96,8 @@ class FakeNvml:
         self.init_error = init_error
         self.lost_after_calls = lost_after_calls
         self.sample_period_us = sample_period_us
-        self.idle = idle
+        # (device µs from which it holds, kernel-active %), in time order
+        self._kernel_active: list[tuple[int, int]] = [(0, 0 if idle else KERNEL_ACTIVE_PERCENT)]
         # A device clock unrelated to perf_counter (like NVML's, whose epoch we do not trust).
         self.device_clock_offset_us = 1_700_000_000_000_000 - time.perf_counter_ns() // 1000
         self.calls: Counter[str] = Counter()
@@ -100,6 +105,18 @@ class FakeNvml:
         self.device_calls = 0
         self.init_refcount = 0
         self._lock = threading.Lock()
+
+    @property
+    def idle(self) -> bool:
+        return self._kernel_active[-1][1] == 0
+
+    def set_kernel_active(self, percent: int) -> None:
+        """From now on the GPU runs kernels ``percent`` % of each sample period."""
+        with self._lock:
+            self._kernel_active.append((self._device_now_us(), percent))
+
+    def _kernel_active_at(self, device_us: int) -> int:
+        return next(p for since, p in reversed(self._kernel_active) if since <= device_us)
 
     @property
     def lost(self) -> bool:
@@ -169,17 +186,22 @@ class FakeNvml:
         period, now_us = self.sample_period_us, self._device_now_us()
         oldest_kept = now_us - 100 * period  # the driver keeps a bounded ring buffer
         first = max(timeStamp + 1, oldest_kept)
-        stamps = range(-(-first // period) * period, now_us + 1, period)
-        if self.idle or not stamps:
+        with self._lock:
+            busy = [(t, self._kernel_active_at(t))
+                    for t in range(-(-first // period) * period, now_us + 1, period)]
+        busy = [(t, percent) for t, percent in busy if percent > 0]  # idle periods: no sample
+        if not busy:
             raise NVMLError(_real.NVML_ERROR_NOT_FOUND)
-        value = _real.c_nvmlValue_t(uiVal=KERNEL_ACTIVE_PERCENT)
-        samples = [_real.c_nvmlSample_t(timeStamp=t, sampleValue=value) for t in stamps]
+        samples = [_real.c_nvmlSample_t(timeStamp=t, sampleValue=_real.c_nvmlValue_t(uiVal=p))
+                   for t, p in busy]
+        stamps = [t for t, _ in busy]
         self.returned_sample_stamps_us.extend(stamps)
         return (_real.NVML_VALUE_TYPE_UNSIGNED_INT, samples)
 
     def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> _real.c_nvmlUtilization_t:
         self._enter("nvmlDeviceGetUtilizationRates", handle)
-        percent = 0 if self.idle else KERNEL_ACTIVE_PERCENT
+        with self._lock:
+            percent = self._kernel_active[-1][1]
         return _real.c_nvmlUtilization_t(gpu=percent, memory=percent // 2)
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle,
