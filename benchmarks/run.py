@@ -35,7 +35,8 @@ from pipetune import stats  # noqa: E402
 from pipetune.device import detect_device  # noqa: E402
 from pipetune.ranking import beats  # noqa: E402
 from pipetune.results import Role, TrialResult  # noqa: E402
-from pipetune.runner import ShardLayouts, SweepOptions, SweepOutcome, effective_mode, measure_variant, run_sweep  # noqa: E402
+from pipetune.outcome import SweepOutcome
+from pipetune.runner import ShardLayouts, SweepOptions, effective_mode, measure_variant, run_sweep  # noqa: E402
 from pipetune.space import Variant  # noqa: E402
 from pipetune.spec import PipelineParams, Spec  # noqa: E402
 from pipetune.validate import load_spec  # noqa: E402

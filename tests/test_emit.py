@@ -209,3 +209,20 @@ def test_emitted_file_runs_in_a_fresh_interpreter_without_pipetune(swept, tmp_pa
     imported = {n.names[0].name for n in ast.walk(ast.parse((folder / "best_pipeline.py").read_text()))
                 if isinstance(n, ast.Import)}
     assert imported <= {"tensorflow", "keras", "time"}
+
+
+@pytest.mark.slow
+def test_readers_never_write_shards_and_say_how_to_make_them(swept, tmp_path):
+    """Was: ``pipetune report`` and ``best_pipeline()`` re-wrote missing shard sets."""
+    import shutil
+
+    from pipetune.report import write_report
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(swept.paths["results_json"], copy / "results.json")
+    with pytest.raises(NoSweepError, match="pipetune shard <data.yaml> --shards 2"):
+        pipetune.best_pipeline(copy)
+    page = write_report(load_outcome(copy)).read_text(encoding="utf-8")
+    assert "best_pipeline.py could not be rendered" in page
+    assert not (copy / "shards").exists()

@@ -169,6 +169,55 @@ def test_hostile_strings_stay_data(tmp_path, text):
                for node in tree.body)
 
 
+def _body(plan: Plan) -> list[str]:
+    return [line.strip() for line in plan.render().split("def make_dataset")[1].splitlines()]
+
+
+def test_the_shuffle_holds_serialized_records_when_nothing_is_cached(tmp_path):
+    """Was: the buffer sat after decode and resize, holding float32 images."""
+    body = _body(Plan.from_variant(make_spec(tmp_path), PipelineParams(shuffle_buffer=64), _layout()))
+    assert body.index("ds = ds.shuffle(64, seed=SHUFFLE_SEED)") < body.index(
+        "ds = ds.map(prepare, num_parallel_calls=1, deterministic=True)")
+
+
+def test_the_shuffle_follows_a_cache_so_every_epoch_is_reshuffled(tmp_path):
+    body = _body(Plan.from_variant(make_spec(tmp_path), PipelineParams(shuffle_buffer=64, cache="memory"),
+                                   _layout()))
+    assert body.index("ds = ds.cache()") < body.index("ds = ds.shuffle(64, seed=SHUFFLE_SEED)")
+
+
+def test_files_are_reshuffled_each_epoch_only_when_the_data_is_shuffled(tmp_path):
+    """Was: files listed with shuffle=False and never shuffled between epochs."""
+    shuffled = _body(Plan.from_variant(make_spec(tmp_path), PipelineParams(shuffle_buffer=8), _layout()))
+    plain = _body(Plan.from_variant(make_spec(tmp_path), PipelineParams(), _layout()))
+    line = "files = files.shuffle(files.cardinality(), seed=SHUFFLE_SEED)"
+    assert line in shuffled and line not in plain
+
+
+def test_shuffled_epochs_keep_the_examples_and_change_their_order(tf, tmp_path):
+    """Shuffling is training semantics: each epoch holds naive's multiset, in a new order each
+    epoch, and the seeded order is the same run after run."""
+    spec = make_spec(tmp_path)
+    params = PipelineParams(shards=4, interleave_cycle=2, shuffle_buffer=16)
+    shard_set = sources.prepare_shards(spec, 4, "none", tmp_path / "shards")
+    layout = DataLayout(_pattern(shard_set), "none", sources.schema_of(spec))
+    runs = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        dataset = Plan.from_variant(spec, params, layout).load_module(folder).make_dataset(training=True)
+        runs.append([_hashes(dataset) for _ in range(2)])
+    first, second = runs[0]
+    assert collections.Counter(first) == collections.Counter(second) and len(first) == 48
+    assert first != second  # reshuffled between epochs
+    assert runs[0] == runs[1]  # seeded: reproducible
+
+
+def _hashes(dataset) -> list[tuple[str, int]]:
+    return [(hashlib.sha1(image.tobytes()).hexdigest(), int(label))
+            for images, labels in dataset.as_numpy_iterator() for image, label in zip(images, labels)]
+
+
 # --------------------------------------------------------------------------- data integrity
 
 

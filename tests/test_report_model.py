@@ -19,7 +19,7 @@ from pipetune.report.model import build_report, build_verdict
 from pipetune.report.rows import effect_rows, step_breakdown, unrun_rows
 from pipetune.report.timelines import HOST_BUSY_NOTE, downsample, timeline
 from pipetune.results import MonitorReport, MonitorSample, RepeatTiming, Role, TrialResult, TrialState
-from pipetune.runner import SweepOutcome
+from pipetune.outcome import SweepOutcome
 from pipetune.space import Dropped
 from pipetune.spec import PipelineParams
 

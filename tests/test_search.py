@@ -167,6 +167,15 @@ def test_grid_measures_each_variant_once_and_a_rerun_measures_nothing(fake_searc
     assert sorted(r.key for r in listed(state)) == sorted(keys)
 
 
+def test_auto_says_when_the_budget_fits_only_a_sample(fake_search) -> None:
+    """Was: the report said "grid search" when 9 of 23 variants were measured."""
+    state = fake_search(FakeMeasure())
+    state.deadline = time.time() + 3.0  # the references run regardless; little time is left after
+    used = search.run(state, "auto", FAKE_REFERENCES, FAKE_CANDIDATES)
+    measured = {key for key, _ in state.measured()} - {v.key for v in FAKE_REFERENCES}
+    assert used.endswith(f"over a budget sample of {len(measured)} of 5 variants"), used
+
+
 def test_halving_promotes_the_best_third_of_the_short_bursts(fake_search) -> None:
     measure = FakeMeasure()
     state = fake_search(measure)

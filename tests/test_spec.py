@@ -221,6 +221,25 @@ def test_missing_file_is_a_spec_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "cannot read the spec" in problems[0]["message"]
 
 
+def test_a_spec_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: a UnicodeDecodeError traceback and exit 1."""
+    path = tmp_path / "x.yaml"
+    path.write_bytes(bytes(range(128, 256)) * 2)
+    code, problems, _ = validate(path, capsys)
+    assert code == 2 and len(problems) == 1
+    assert "must be UTF-8 text" in problems[0]["message"]
+
+
+@pytest.mark.parametrize(("objective", "mode", "resolved"), [
+    ("auto", "train", "time_to_train"), ("auto", "simulate", "throughput"),
+    ("throughput", "train", "throughput"), ("time_to_train", "simulate", "time_to_train")])
+def test_the_objective_is_resolved_in_one_place_and_an_explicit_one_wins(objective, mode, resolved):
+    """Was: ``--mode`` silently overrode an explicit ``measure.objective``."""
+    from pipetune.spec import MeasureSpec
+
+    assert MeasureSpec(objective=objective).objective_in(mode) == resolved
+
+
 def test_demo_spec_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(REPO / "examples" / "demo.yaml")]) == 0
     out, err = capsys.readouterr()

@@ -25,7 +25,8 @@ from pipetune.ranking import rank
 from pipetune.results import Role, TrialResult, TrialState
 from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.spec import PipelineParams, Spec
-from pipetune.trial import TrialRequest, run_trial
+from pipetune.trial import run_trial
+from pipetune.trial_request import TrialRequest
 
 pytestmark = pytest.mark.slow
 
