@@ -139,9 +139,21 @@ def pipeline_speedup(stages: Sequence[StageMeasurement], cores: int) -> float:
     return min(max(last.parallel.rate / last.sequential.rate, 1.0), float(cores))
 
 
-def little_target(consumer: ConsumerMeasurement, compute: float) -> float:
-    """What a waiting stage must keep up with: the slowest limit that waiting cannot lift."""
-    return min(consumer.rate, compute)
+@dataclass(frozen=True, slots=True)
+class Roof:
+    """The numbers every lever is read against."""
+
+    cores: int
+    consumer: ConsumerMeasurement
+    all_cores: float
+    measured: float
+    compute: float
+    speedup: float  # the whole pipeline's parallel over sequential rate, in [1, cores]
+
+    @property
+    def target(self) -> float:
+        """What a waiting stage must keep up with: the lowest limit that waiting cannot lift."""
+        return min(self.consumer.rate, self.compute, self.all_cores)
 
 
 def sized_concurrency(target: float, cost: StageCost) -> int:
@@ -150,10 +162,10 @@ def sized_concurrency(target: float, cost: StageCost) -> int:
     return min(littles_law_concurrency(target, cost.wall_s), MAX_CONCURRENCY)
 
 
-def find_bottleneck(costs: Sequence[StageCost], consumer: ConsumerMeasurement, cores: int,
-                    measured: float, compute: float) -> Bottleneck:
+def find_bottleneck(costs: Sequence[StageCost], roof: Roof) -> Bottleneck:
     """Consumer-bound when the pipeline, as measured, outruns the consumer; else the slowest of
     the waiting stages (each at the concurrency measured) and the computing stages together."""
+    consumer, cores, measured, compute = roof.consumer, roof.cores, roof.measured, roof.compute
     if consumer.rate <= measured:
         step = f"{consumer.step_s * 1000:.1f} ms per batch of {consumer.batch_size}" if consumer.step_s else ""
         return Bottleneck("consumer", None, (
@@ -163,7 +175,7 @@ def find_bottleneck(costs: Sequence[StageCost], consumer: ConsumerMeasurement, c
     waiting = [c for c in costs if c.blocking]
     slowest_wait = min(waiting, key=lambda c: c.ceiling(cores), default=None)
     if slowest_wait is not None and slowest_wait.ceiling(cores) <= compute:
-        return _waiting_bottleneck(slowest_wait, consumer, cores, compute, measured)
+        return _waiting_bottleneck(slowest_wait, roof)
     computing = [c for c in costs if not c.blocking]
     heaviest = max(computing, key=lambda c: c.wall_s)
     share = heaviest.wall_s / sum(c.wall_s for c in computing)
@@ -178,40 +190,30 @@ def find_bottleneck(costs: Sequence[StageCost], consumer: ConsumerMeasurement, c
         f"{consumer.rate:.0f}/s (speed-up x{heaviest.speedup:.1f} seen on {cores} cores)"))
 
 
-def _waiting_bottleneck(stage: StageCost, consumer: ConsumerMeasurement, cores: int, compute: float,
-                        measured: float) -> Bottleneck:
-    ceiling = stage.ceiling(cores)
+def _waiting_bottleneck(stage: StageCost, roof: Roof) -> Bottleneck:
+    ceiling = stage.ceiling(roof.cores)
     if stage.kind == "read" and stage.parallelism > 1 and stage.speedup < SATURATED_SPEEDUP:
         return Bottleneck("bandwidth", stage.name, (
             f"bandwidth-bound in read: it waits {stage.wall_s * 1000:.2f} ms per record and reading "
             f"{stage.parallelism} files at once gains only x{stage.speedup:.1f}: the storage is saturated"))
-    target = little_target(consumer, compute)
-    needed = sized_concurrency(target, stage)
+    target = roof.target
     what = "storage read latency" if stage.kind == "read" else f"`{stage.name}`"
     return Bottleneck("blocking_io", stage.name, (
         f"blocking I/O in {what}: each element waits {stage.wall_s * 1000:.2f} ms but uses "
         f"{stage.cpu_s * 1000:.2f} ms of CPU, {ceiling:.0f} examples/s at {stage.parallelism} in flight "
-        f"(the pipeline delivered {measured:.0f}/s); {target:.0f}/s needs {needed} elements in "
-        "flight (Little's law)"))
+        f"(the pipeline delivered {roof.measured:.0f}/s); {target:.0f}/s needs "
+        f"{_needed_text(target, stage)} (Little's law)"))
 
 
-@dataclass(frozen=True, slots=True)
-class _Roof:
-    """The numbers every lever is read against."""
-
-    cores: int
-    consumer: ConsumerMeasurement
-    all_cores: float
-    measured: float
-    compute: float
-    speedup: float  # the whole pipeline's parallel over sequential rate, in [1, cores]
-
-    @property
-    def target(self) -> float:
-        return little_target(self.consumer, self.compute)
+def _needed_text(target: float, stage: StageCost) -> str:
+    if math.isinf(target):
+        return "unbounded concurrency"
+    needed = littles_law_concurrency(target, stage.wall_s)
+    capped = f", more than the {MAX_CONCURRENCY} threads worth advising" if needed > MAX_CONCURRENCY else ""
+    return f"{needed} elements in flight{capped}"
 
 
-def levers(costs: Sequence[StageCost], roof: _Roof, caches: Sequence[MemoryNeed]) -> tuple[Lever, ...]:
+def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed]) -> tuple[Lever, ...]:
     consumer, cores = roof.consumer, roof.cores
     rows = [Lever("the consumer (training step)", None, consumer.rate, _consumer_note(consumer)),
             Lever("the pipeline as measured", None, roof.measured,
@@ -233,14 +235,15 @@ def _parallel_lever(cost: StageCost, cores: int, target: float) -> Lever:
         how = (f"interleave cycle {needed} over >= {needed} shards" if cost.kind == "read"
                else f"num_parallel_calls={needed}, private_threadpool_size >= {needed}")
         return Lever(f"{needed} in flight, beyond the cores", cost.name, needed / cost.wall_s,
-                     f"waits {cost.wall_s * 1000:.2f} ms/element: Little's law for {target:.0f}/s; {how}")
+                     f"waits {cost.wall_s * 1000:.2f} ms/element; {target:.0f}/s needs "
+                     f"{_needed_text(target, cost)}; {how}")
     calls = min(cores, cost.parallelism)
     verb = "interleave" if cost.kind == "read" else "map"
     return Lever(f"parallel {verb}, {calls} calls", cost.name, cost.ceiling(cores),
                  f"{cost.rate_1:.0f}/s at 1, speed-up x{cost.speedup:.1f} seen")
 
 
-def _cache_lever(need: MemoryNeed, costs: Sequence[StageCost], roof: _Roof) -> Lever:
+def _cache_lever(need: MemoryNeed, costs: Sequence[StageCost], roof: Roof) -> Lever:
     """From the second epoch on, only the stages after the cache run."""
     names = [c.name for c in costs]
     after = costs[names.index(need.position) + 1:]
@@ -262,7 +265,7 @@ def _consumer_note(consumer: ConsumerMeasurement) -> str:
     return f"train_on_batch {consumer.step_s * 1000:.1f} ms per batch of {consumer.batch_size} in memory"
 
 
-def predicted_rate(costs: Sequence[StageCost], roof: _Roof) -> float:
+def predicted_rate(costs: Sequence[StageCost], roof: Roof) -> float:
     """Computing stages sharing the cores, waiting stages sized by Little's law, the consumer."""
     waiting = [sized_concurrency(roof.target, c) / c.wall_s for c in costs if c.blocking]
     return min([roof.target, roof.all_cores, *waiting])
@@ -272,11 +275,11 @@ def analyse(measurements: Measurements) -> Diagnosis:
     """The diagnosis of measured numbers: costs, memory, the bottleneck, the levers."""
     stages, cores = measurements.stages, measurements.cores
     costs = stage_costs(stages)
-    roof = _Roof(cores, measurements.consumer, cpu_bound(stages, cores), measured_rate(stages),
+    roof = Roof(cores, measurements.consumer, cpu_bound(stages, cores), measured_rate(stages),
                  compute_rate(costs, stages, cores), pipeline_speedup(stages, cores))
     caches = cache_needs(measurements)
     return Diagnosis(
         measurements=measurements, costs=costs, cpu_bound=roof.all_cores, measured_rate=roof.measured,
         compute_rate=roof.compute, caches=caches, shuffle=shuffle_need(measurements),
-        bottleneck=find_bottleneck(costs, measurements.consumer, cores, roof.measured, roof.compute),
+        bottleneck=find_bottleneck(costs, roof),
         levers=levers(costs, roof, caches), predicted_rate=predicted_rate(costs, roof))
