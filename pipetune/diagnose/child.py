@@ -122,15 +122,28 @@ def time_pass(dataset: Any, request: ChildRequest, parallelism: int) -> tuple[Pa
     chunk = chunk_size(_probe_seconds_per_element(dataset))
     iterator = iter(sized(dataset).batch(chunk))
     next(iterator)
-    count, total_bytes = 0, 0
+    count, total_bytes, chunks = 0, 0, []
     cpu_start, start = time.process_time(), time.perf_counter()
     deadline = start + request.seconds_per_pass
     while count < request.max_elements and time.perf_counter() < deadline:
+        chunk_cpu, chunk_start = time.process_time(), time.perf_counter()
         sizes = next(iterator).numpy()
+        chunks.append(((time.perf_counter() - chunk_start) / len(sizes),
+                       (time.process_time() - chunk_cpu) / len(sizes)))
         count += len(sizes)
         total_bytes += int(sizes.sum())
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return PassTiming(count, wall, cpu, parallelism), total_bytes / max(count, 1)
+    median_wall, median_cpu = _median_chunk(chunks)
+    timing = PassTiming(count, wall, cpu, parallelism, median_wall, median_cpu)
+    return timing, total_bytes / max(count, 1)
+
+
+def _median_chunk(chunks: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """Per-element wall and CPU of the chunk with the median wall time."""
+    if not chunks:
+        return None, None
+    ordered = sorted(chunks)
+    return ordered[len(ordered) // 2]
 
 
 def chunk_size(seconds_per_element: float) -> int:

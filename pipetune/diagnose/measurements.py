@@ -22,6 +22,18 @@ class PassTiming:
     wall_s: float
     cpu_s: float
     parallelism: int
+    # Per element, in the median chunk of the pass: robust to the moments the process was
+    # descheduled (a small or shared machine), which inflate the mean. None: use the mean.
+    median_wall_s: float | None = None
+    median_cpu_s: float | None = None
+
+    @property
+    def typical_wall_per_element(self) -> float:
+        return self.median_wall_s if self.median_wall_s is not None else self.wall_per_element
+
+    @property
+    def typical_cpu_per_element(self) -> float:
+        return self.median_cpu_s if self.median_cpu_s is not None else self.cpu_per_element
 
     @property
     def rate(self) -> float:

@@ -98,9 +98,12 @@ def stage_costs(stages: Sequence[StageMeasurement]) -> tuple[StageCost, ...]:
     costs, previous = [], None
     for stage in stages:
         seq, par = stage.sequential, stage.parallel
-        wall = _difference(seq.wall_per_element, previous.sequential.wall_per_element if previous else 0.0)
-        cpu = max(0.0, seq.cpu_per_element - (previous.sequential.cpu_per_element if previous else 0.0))
-        parallel_wall = _difference(par.wall_per_element, previous.parallel.wall_per_element if previous else 0.0)
+        before_seq = previous.sequential if previous else None
+        before_par = previous.parallel if previous else None
+        wall = _difference(seq.typical_wall_per_element, before_seq.typical_wall_per_element if before_seq else 0.0)
+        cpu = max(0.0, seq.typical_cpu_per_element - (before_seq.typical_cpu_per_element if before_seq else 0.0))
+        parallel_wall = _difference(par.typical_wall_per_element,
+                                    before_par.typical_wall_per_element if before_par else 0.0)
         speedup = min(max(wall / parallel_wall, 1.0), float(par.parallelism))
         costs.append(StageCost(stage.name, stage.kind, wall, cpu, speedup, par.parallelism))
         previous = stage
