@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipetune.commands import emit, env, report, shard, sweep, validate
+    from pipetune.commands import diagnose, emit, env, report, shard, sweep, validate
 
     parser = argparse.ArgumentParser(prog="pipetune", description=(
         "Find the fastest tf.data input pipeline for your data, model and machine, by measuring."))
     parser.add_argument("--version", action="version", version=f"pipetune {__version__}")
     sub = parser.add_subparsers(title="commands")
-    for command in (sweep, report, emit, shard, validate, env):
+    for command in (sweep, diagnose, report, emit, shard, validate, env):
         command.add_parser(sub)
     return parser
 

@@ -1,0 +1,208 @@
+"""The diagnosis's isolated-process side: time every cumulative stage, size its elements, and
+time the consumer on one batch held in memory.
+
+Runs in a process forked from the trial forkserver (``trial.trial_context``), so thread pools,
+the Keras precision policy and memory never leak into the parent. It sends back exactly one
+message: ``("ok", (stages, consumer))`` or ``("error", reason)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipetune.diagnose.measurements import ConsumerMeasurement, PassTiming, StageMeasurement
+from pipetune.diagnose.render import StageInfo
+from pipetune.spec import Spec
+
+CHUNK_S = 0.02  # seconds of elements per hand-over to Python: its overhead stays ~1%
+MAX_CHUNK = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRequest:
+    """Everything the child needs. Picklable."""
+
+    spec: Spec
+    module_source: str
+    stages: tuple[StageInfo, ...]
+    mode: str  # train | input | simulate
+    batch_size: int
+    cores: int
+    shards: int
+    seconds_per_pass: float
+    max_elements: int
+
+
+def child_main(request: ChildRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    _quiet_stderr(Path(scratch) / "diagnose.log")
+    try:
+        message: tuple[str, object] = ("ok", measure_all(request, Path(scratch)))
+    except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
+        message = ("error", f"{type(err).__name__}: {' '.join(str(err).split())[:400]}")
+    sender.send(message)
+    sender.close()
+
+
+def _quiet_stderr(path: Path) -> None:
+    """TensorFlow's chatter goes to a log in the scratch folder, not over the parent's table."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    log = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 2)
+
+
+def measure_all(request: ChildRequest, scratch: Path) -> tuple[tuple[StageMeasurement, ...], ConsumerMeasurement]:
+    from pipetune.validate import on_sys_path
+
+    with on_sys_path(request.spec.base_dir):
+        module = _load(request.module_source, scratch)
+        stages = tuple(measure_stage(module, info, request) for info in request.stages)
+        consumer = measure_consumer(module, request)
+    return stages, consumer
+
+
+def _load(source: str, scratch: Path) -> Any:
+    # A real file, not exec: AutoGraph reads a function's source (as Plan.load_module does).
+    path = scratch / "diagnosed_stages.py"
+    path.write_text(source, encoding="utf-8")
+    loader_spec = importlib.util.spec_from_file_location("pipetune_diagnosed_stages", path)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[loader_spec.name] = module  # AutoGraph looks a function's module up there
+    loader_spec.loader.exec_module(module)
+    return module
+
+
+def stage_datasets(module: Any, info: StageInfo, request: ChildRequest) -> tuple[Any, Any]:
+    """The pipeline up to ``info``: sequential (one element at a time, in the caller's thread)
+    and parallel (interleave over every shard, a map call per core, a pool for waiting stages)."""
+    import tensorflow as tf
+
+    sequential, parallel = module.read_sequential().repeat(), module.read_parallel().repeat()
+    if info.function:
+        function = getattr(module, info.function)
+        sequential = sequential.map(function)
+        parallel = parallel.map(function, num_parallel_calls=request.cores, deterministic=False)
+    one_at_a_time = tf.data.Options()
+    # Else tf.data parallelises a stateless map, fuses map and batch into a parallel op and
+    # adds a prefetch by itself: the sequential pass would not be sequential.
+    optimization = one_at_a_time.experimental_optimization
+    optimization.map_parallelization = False
+    optimization.inject_prefetch = False
+    optimization.map_and_batch_fusion = False
+    optimization.parallel_batch = False
+    wide = tf.data.Options()
+    wide.threading.private_threadpool_size = 2 * max(request.cores, request.shards)
+    return sequential.with_options(one_at_a_time), parallel.with_options(wide)
+
+
+def measure_stage(module: Any, info: StageInfo, request: ChildRequest) -> StageMeasurement:
+    sequential, parallel = stage_datasets(module, info, request)
+    read_parallelism = request.shards if info.kind == "read" else request.cores
+    parallel_timing, element_bytes = time_pass(parallel, request, read_parallelism)
+    sequential_timing, _ = time_pass(sequential, request, 1)
+    return StageMeasurement(info.name, info.kind, info.random, sequential_timing, parallel_timing,
+                            element_bytes)
+
+
+def time_pass(dataset: Any, request: ChildRequest, parallelism: int) -> tuple[PassTiming, float]:
+    """Up to ``max_elements`` or ``seconds_per_pass``, whichever first, after one warm-up chunk
+    (start-up, tracing and buffer fill are not the stage's steady rate).
+
+    Elements are counted and sized in the graph and handed to Python in chunks of about
+    ``CHUNK_S`` seconds: a Python ``next()`` per element would cost more than many stages.
+    Returns the timing and the mean bytes of one element.
+    """
+    chunk = chunk_size(_probe_seconds_per_element(dataset))
+    iterator = iter(sized(dataset).batch(chunk))
+    next(iterator)
+    count, total_bytes, chunks = 0, 0, []
+    cpu_start, start = time.process_time(), time.perf_counter()
+    deadline = start + request.seconds_per_pass
+    while count < request.max_elements and time.perf_counter() < deadline:
+        chunk_cpu, chunk_start = time.process_time(), time.perf_counter()
+        sizes = next(iterator).numpy()
+        chunks.append(((time.perf_counter() - chunk_start) / len(sizes),
+                       (time.process_time() - chunk_cpu) / len(sizes)))
+        count += len(sizes)
+        total_bytes += int(sizes.sum())
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    median_wall, median_cpu = _median_chunk(chunks)
+    timing = PassTiming(count, wall, cpu, parallelism, median_wall, median_cpu)
+    return timing, total_bytes / max(count, 1)
+
+
+def _median_chunk(chunks: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """Per-element wall and CPU of the chunk with the median wall time."""
+    if not chunks:
+        return None, None
+    ordered = sorted(chunks)
+    return ordered[len(ordered) // 2]
+
+
+def chunk_size(seconds_per_element: float) -> int:
+    return max(1, min(MAX_CHUNK, int(CHUNK_S / max(seconds_per_element, 1e-9))))
+
+
+def _probe_seconds_per_element(dataset: Any, elements: int = 4) -> float:
+    """A rough per-element time (Python overhead included) to size the chunks."""
+    iterator = iter(dataset)
+    next(iterator)  # start-up
+    start = time.perf_counter()
+    for _ in range(elements):
+        next(iterator)
+    return (time.perf_counter() - start) / elements
+
+
+def sized(dataset: Any) -> Any:
+    """Each element replaced by its byte count, computed from it (so nothing upstream is pruned)."""
+    import tensorflow as tf
+
+    def nbytes(*element: Any) -> Any:
+        total = tf.constant(0, tf.int64)
+        for tensor in tf.nest.flatten(element):
+            if tensor.dtype == tf.string:
+                total += tf.reduce_sum(tf.cast(tf.strings.length(tensor), tf.int64))
+            else:
+                total += tf.size(tensor, out_type=tf.int64) * tensor.dtype.size
+        return total
+
+    return dataset.map(nbytes)
+
+
+def measure_consumer(module: Any, request: ChildRequest) -> ConsumerMeasurement:
+    step_ms = request.spec.model.step_time_ms
+    if request.mode == "input":
+        return ConsumerMeasurement("input", request.batch_size, None, measured=False)
+    if request.mode == "simulate":
+        return ConsumerMeasurement("simulate", request.batch_size, step_ms / 1000.0, measured=False)
+    return ConsumerMeasurement("train", request.batch_size, time_training_step(module, request), measured=True)
+
+
+def time_training_step(module: Any, request: ChildRequest, warmup: int = 2, steps: int = 20) -> float:
+    """Median seconds of ``train_on_batch`` on one batch held in memory (no input wait at all)."""
+    import statistics
+
+    import tensorflow as tf
+
+    from pipetune.models import build_model
+
+    last = request.stages[-1]
+    _, parallel = stage_datasets(module, last, request)
+    features, labels = next(iter(parallel.map(module.to_model_inputs).batch(request.batch_size)))
+    features, labels = tf.identity(features), tf.identity(labels)
+    model = build_model(request.spec, tuple(features.shape[1:]), "float32")
+    for _ in range(warmup):
+        model.train_on_batch(features, labels)
+    times, deadline = [], time.perf_counter() + 2 * request.seconds_per_pass
+    while len(times) < steps and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        model.train_on_batch(features, labels)  # returns host values: the step is finished
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,218 @@
+"""``pipetune diagnose``: the verdict on synthetic numbers (exact), then on real stages with
+sleep-costed and compute-costed stages of known rates (large effects only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import make_spec
+from pipetune.cli import main
+from pipetune.diagnose import DiagnoseOptions, diagnose
+from pipetune.diagnose.measurements import (
+    ConsumerMeasurement,
+    Measurements,
+    PassTiming,
+    StageMeasurement,
+)
+from pipetune.diagnose.verdict import analyse, littles_law_concurrency
+from pipetune.spec import Spec
+
+USERFNS = Path(__file__).resolve().parent / "userfns"
+GIB = 2**30
+FAST = DiagnoseOptions(seconds_per_pass=0.3, timeout_s=180)
+
+
+# --------------------------------------------------------------------------- pure arithmetic
+
+
+def test_littles_law_concurrency_is_exact() -> None:
+    assert littles_law_concurrency(400, 0.02) == 8
+    assert littles_law_concurrency(401, 0.02) == 9
+    assert littles_law_concurrency(1000, 0.0105) == 11
+    assert littles_law_concurrency(3, 0.1) == 1
+    assert littles_law_concurrency(10, 0.5) == 5
+    with pytest.raises(ValueError):
+        littles_law_concurrency(math.inf, 0.01)
+    with pytest.raises(ValueError):
+        littles_law_concurrency(100, 0)
+
+
+def stage(name: str, kind: str, seq_ms: float, cpu_ms: float, par_ms: float, element_bytes: float,
+          random: bool = False, parallelism: int = 2) -> StageMeasurement:
+    """A cumulative stage from per-element milliseconds (1000 elements per pass)."""
+    return StageMeasurement(name, kind, random, PassTiming(1000, seq_ms, cpu_ms, 1),
+                            PassTiming(1000, par_ms, cpu_ms, parallelism), element_bytes)
+
+
+def measurements(stages: list[StageMeasurement], consumer: ConsumerMeasurement,
+                 ram_budget_bytes: int = 8 * GIB) -> Measurements:
+    return Measurements("synthetic", cores=2, shards=8, num_examples=10_000, stages=tuple(stages),
+                        consumer=consumer, ram_budget_bytes=ram_budget_bytes, shuffle_buffer=1024)
+
+
+SIMULATED_1MS = ConsumerMeasurement("simulate", 64, 0.001, measured=False)
+
+
+def test_a_waiting_read_is_blocking_io_sized_by_littles_law() -> None:
+    # 20 ms per record and 0.05 ms of CPU; 8 files at once read 8x faster; parse is cheap. The
+    # consumer takes 64 examples per 100 ms: 640/s, more than the 400/s the reads give.
+    consumer = ConsumerMeasurement("simulate", 64, 0.1, measured=False)
+    diagnosis = analyse(measurements([
+        stage("read", "read", 20.0, 0.05, 2.5, 3000, parallelism=8),
+        stage("parse", "parse", 20.05, 0.08, 2.5, 3000),
+    ], consumer))
+    assert diagnosis.bottleneck.kind == "blocking_io"
+    assert diagnosis.bottleneck.stage == "read"
+    read = diagnosis.costs[0]
+    assert read.blocking and read.speedup == pytest.approx(8.0)
+    # Parse's 0.05 ms at the pipeline's speed-up (x8 seen) capped at the 2 cores: 40,000/s.
+    assert diagnosis.compute_rate == pytest.approx(2 / 0.00005, rel=1e-6)
+    # The consumer's 640/s is the lowest limit waiting cannot lift: 640 * 0.020 = 12.8 -> 13.
+    lever = next(lever for lever in diagnosis.levers if lever.stage == "read")
+    assert lever.lever == "13 in flight, beyond the cores"
+    assert lever.ceiling == pytest.approx(13 / 0.020)
+    assert "13 elements in flight" in diagnosis.bottleneck.sentence
+    assert diagnosis.predicted_rate == pytest.approx(640)
+
+
+def test_a_costly_computing_op_is_named() -> None:
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("parse", "parse", 0.06, 0.06, 0.05, 3000),
+        stage("call(heavy:burn)", "op", 10.06, 10.0, 5.1, 3000),
+    ], SIMULATED_1MS))
+    assert diagnosis.bottleneck.kind == "compute"
+    assert diagnosis.bottleneck.stage == "call(heavy:burn)"
+    assert "call(heavy:burn)" in diagnosis.bottleneck.sentence
+    # 10.06 ms of computing shared on the cores with the x1.97 speed-up of the whole pipeline.
+    assert diagnosis.predicted_rate == pytest.approx(1 / 0.01006 * (10.06 / 5.1), rel=1e-6)
+
+
+def test_a_slow_consumer_is_the_bottleneck() -> None:
+    slow = ConsumerMeasurement("simulate", 64, 0.2, measured=False)  # 320 examples/s
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 0.2, 0.2, 0.12, 30_000),
+    ], slow))
+    assert diagnosis.bottleneck.kind == "consumer"
+    assert diagnosis.predicted_rate == pytest.approx(320)
+
+
+def test_a_waiting_read_that_parallelism_does_not_help_is_bandwidth() -> None:
+    diagnosis = analyse(measurements([
+        stage("read", "read", 5.0, 0.05, 5.0, 1_000_000, parallelism=8),
+        stage("parse", "parse", 5.05, 0.1, 5.0, 1_000_000),
+    ], SIMULATED_1MS))
+    assert diagnosis.bottleneck.kind == "bandwidth"
+
+
+def test_memory_of_caches_before_the_first_random_op_and_the_cheapest_shuffle() -> None:
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 0.2, 0.2, 0.12, 300_000),
+        stage("random_flip(image)", "op", 0.21, 0.21, 0.13, 300_000, random=True),
+        stage("normalize(image)", "op", 0.3, 0.3, 0.2, 1_200_000),
+    ], SIMULATED_1MS, ram_budget_bytes=1 * GIB))
+    assert [need.position for need in diagnosis.caches] == ["read", "decode_image(image)"]
+    assert [need.total_bytes for need in diagnosis.caches] == [3000 * 10_000, 300_000 * 10_000]
+    assert [need.fits for need in diagnosis.caches] == [True, False]  # 3 GB > 1 GiB
+    assert diagnosis.shuffle.position == "read"
+    assert diagnosis.shuffle.total_bytes == 1024 * 3000
+
+
+# --------------------------------------------------------------------------- real stages
+
+
+def spec_with(tmp: Path, preprocess: list[dict], model: dict, **extra: object) -> Spec:
+    source = {"kind": "synthetic_images", "num_examples": 64, "image_size": [16, 16],
+              "num_classes": 3, "seed": 1}
+    return make_spec(USERFNS, name="diagnosed", source=source, preprocess=preprocess, model=model,
+                     measure={"mode": "simulate"}, **extra)
+
+
+CHEAP = [{"decode_image": {"key": "image"}}, {"normalize": {"key": "image"}}]
+
+
+@pytest.mark.slow
+def test_storage_latency_is_diagnosed_as_blocking_io(tmp_path: Path) -> None:
+    spec = spec_with(tmp_path, CHEAP, {"step_time_ms": 1}, storage={"read_latency_ms": 20})
+    diagnosis = diagnose(spec, tmp_path / "out", FAST)
+    read = diagnosis.costs[0]
+    assert diagnosis.bottleneck.kind == "blocking_io", diagnosis.bottleneck.sentence
+    assert diagnosis.bottleneck.stage == "read"
+    assert read.blocking and read.wall_s > 0.015  # 20 ms simulated per record
+    assert read.speedup > 3  # 8 files read at once
+    assert (tmp_path / "out" / "diagnosis.json").exists()
+
+
+@pytest.mark.slow
+def test_a_heavy_user_op_is_named_as_the_compute_bottleneck(tmp_path: Path) -> None:
+    preprocess = [*CHEAP, {"call": {"fn": "heavy:burn", "random": False}}]
+    spec = spec_with(tmp_path, preprocess, {"step_time_ms": 1})
+    diagnosis = diagnose(spec, tmp_path / "out", FAST)
+    assert diagnosis.bottleneck.kind == "compute", diagnosis.bottleneck.sentence
+    assert diagnosis.bottleneck.stage == "call(heavy:burn)"
+    heavy = diagnosis.costs[-1]
+    costs = [(c.name, round(c.wall_s * 1e3, 3), round(c.cpu_s * 1e3, 3)) for c in diagnosis.costs]
+    assert not heavy.blocking, costs
+    assert heavy.wall_s > 5 * sum(c.wall_s for c in diagnosis.costs[:-1]), costs
+
+
+@pytest.fixture(scope="module")
+def consumer_bound(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    """A 200 ms step per batch of 64 (320 examples/s) behind a cheap pipeline, through the CLI."""
+    root = tmp_path_factory.mktemp("consumer-bound")
+    (root / "data.yaml").write_text(json.dumps({
+        "name": "slow-consumer",
+        "source": {"kind": "synthetic_images", "num_examples": 64, "image_size": [16, 16],
+                   "num_classes": 3, "seed": 1},
+        "preprocess": CHEAP, "inputs": {"features": "image", "label": "label"},
+        "model": {"step_time_ms": 200}, "search": {"space": {"batch_size": [64]}},
+    }))
+    code = main(["diagnose", str(root / "data.yaml"), "--out", str(root / "out"), "--json"])
+    return code, root / "out"
+
+
+@pytest.mark.slow
+def test_a_slow_step_is_diagnosed_as_consumer_bound_through_the_cli(consumer_bound) -> None:
+    code, out = consumer_bound
+    assert code == 0
+    document = json.loads((out / "diagnosis.json").read_text())
+    assert document["bottleneck"]["kind"] == "consumer"
+    assert document["consumer"]["rate"] == pytest.approx(320)
+    assert [s["name"] for s in document["stages"]] == ["read", "parse", "decode_image(image)",
+                                                       "normalize(image)"]
+
+
+@pytest.mark.slow
+def test_the_cache_estimate_matches_the_materialised_elements(consumer_bound, tf) -> None:
+    from pipetune import sources
+    from pipetune.validate import load_spec
+
+    _, out = consumer_bound
+    document = json.loads((out / "diagnosis.json").read_text())
+    spec = load_spec(out.parent / "data.yaml")
+    files = sources.prepare_shards(spec, 8, "none", out / "shards").files
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def after_normalize(record):
+        example = tf.io.parse_single_example(record, features)
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        return {"image": tf.cast(image, tf.float32) / 255.0, "label": example["label"]}
+
+    records = list(tf.data.TFRecordDataset(list(files)))
+    record_bytes = sum(len(r.numpy()) for r in records)
+    normalized = sum(e["image"].numpy().nbytes + e["label"].numpy().nbytes
+                     for e in tf.data.TFRecordDataset(list(files)).map(after_normalize))
+    estimates = {c["position"]: c["total_bytes"] for c in document["caches"]}
+    assert estimates["read"] == pytest.approx(record_bytes, rel=0.15)
+    assert estimates["normalize(image)"] == pytest.approx(normalized, rel=0.15)
+
+
+def test_a_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "data.yaml").write_text("name: x\nsource: {kind: nowhere}\n")
+    assert main(["diagnose", str(tmp_path / "data.yaml")]) == 2
