@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipetune.cli import print_json
+    from pipetune.commands.printing import print_json
     from pipetune.device import require_tensorflow
     from pipetune.diagnose import diagnose
     from pipetune.diagnose.document import diagnosis_document
