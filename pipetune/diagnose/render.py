@@ -60,9 +60,9 @@ def render_stage_module(spec: Spec, data: DataLayout, shards: int) -> str:
 
 
 def _read_function(name: str, plan: Plan) -> str:
-    read = next(stage for stage in plan.stages if stage.name == "read")
-    lines = [f"def {name}(file_pattern=FILE_PATTERN):", *("    " + line for line in read.lines),
-             "    return ds"]
+    # In file order (no shuffle): listing the files, then reading them.
+    read = [line for stage in plan.stages if stage.name in ("list_files", "read") for line in stage.lines]
+    lines = [f"def {name}(file_pattern=FILE_PATTERN):", *("    " + line for line in read), "    return ds"]
     return "\n".join(lines)
 
 
