@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipetune.errors import StorageLostError
 from pipetune.stats import input_bound_band
 
 STRATEGIES = ("auto", "grid", "halving", "tpe")
@@ -48,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_sweep(spec, options, on_event=progress.event)
     except KeyboardInterrupt:
         # Plain print, one line: the command must survive copy and paste from any terminal.
-        print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}",
-              file=sys.stderr)
+        print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}"
+              + _password_note(args), file=sys.stderr)
         return 130
+    except StorageLostError as err:
+        print(f"pipetune: error: {err}. Resume with:\n  {resume_command(args, out)}" + _password_note(args),
+              file=sys.stderr)
+        return err.exit_code
     finally:
         progress.stop()
     paths = write_outputs(outcome)
@@ -64,12 +69,24 @@ def run(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace, out: Path) -> str:
     """The command that continues this sweep: everything that decides its study, plus --resume."""
+    from pipetune.storage import redact
+
     parts = ["pipetune", "sweep", args.spec, "--out", str(out)]
     for flag in ("storage", "mode", "strategy", "budget", "seed"):
         value = getattr(args, flag)
         if value is not None:
-            parts += [f"--{flag}", str(value)]
+            parts += [f"--{flag}", redact(value) if flag == "storage" else str(value)]
     return shlex.join([*parts, "--resume"])
+
+
+def _password_note(args: argparse.Namespace) -> str:
+    """A line under the resume command when it shows the storage password as ***."""
+    from pipetune.storage import redact
+
+    if args.storage is None or redact(args.storage) == args.storage:
+        return ""
+    return ("\n(the storage password is shown as ***: type it in its place, or leave it out of the "
+            "URL and, for PostgreSQL, set PGPASSWORD)")
 
 
 class _Progress:
