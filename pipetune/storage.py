@@ -64,6 +64,15 @@ def normalize(url: str) -> str:
     return url
 
 
+def is_server(url: str) -> bool:
+    """Whether ``url`` is for a database server rather than an SQLite file (a malformed URL
+    counts as one: checking it says what is wrong)."""
+    try:
+        return make_url(url).get_backend_name() != "sqlite"
+    except sa.exc.ArgumentError:
+        return True  # checked like a server URL: the check says what is wrong with it
+
+
 def engine_options(url: str | URL) -> dict[str, Any]:
     """create_engine keywords for every engine on the study storage (claims, Optuna, the check)."""
     backend = make_url(url).get_backend_name()

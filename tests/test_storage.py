@@ -28,6 +28,16 @@ SECRET = "Hunter2-secret"
 NO_WAIT = storage.Retry(delays_s=(0.0, 0.0))
 
 
+def tiny_spec(folder: Path) -> Path:
+    """A valid spec; these tests fail before anything of it runs."""
+    spec = folder / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "tiny", "source": {"kind": "synthetic_images", "num_examples": 16, "image_size": [8, 8]},
+        "preprocess": [{"decode_image": {"key": "image"}}], "inputs": {"features": "image", "label": "label"},
+        "model": {"step_time_ms": 1}}))
+    return spec
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -115,11 +125,7 @@ def test_a_good_sqlite_path_passes_and_is_not_created(tmp_path: Path) -> None:
 
 
 def test_sweep_with_a_bad_storage_exits_2_in_one_line_without_the_password(tmp_path: Path) -> None:
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny", "source": {"kind": "synthetic_images", "num_examples": 16, "image_size": [8, 8]},
-        "preprocess": [{"decode_image": {"key": "image"}}], "inputs": {"features": "image", "label": "label"},
-        "model": {"step_time_ms": 1}}))
+    spec = tiny_spec(tmp_path)
     url = f"postgresql://ann:{SECRET}@127.0.0.1:{closed_port()}/sweeps"
     done = subprocess.run([sys.executable, "-m", "pipetune", "sweep", str(spec), "--out", str(tmp_path / "out"),
                            "--storage", url], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -132,6 +138,17 @@ def test_sweep_with_a_bad_storage_exits_2_in_one_line_without_the_password(tmp_p
                                "postgresql+psycopg://ann:***@127.0.0.1:")
     assert "no server answers" in lines[0]
     assert not any((tmp_path / "out").glob("**/*.tfrecord*"))  # nothing measured, no shards
+
+
+def test_sweep_with_an_sqlite_file_in_a_missing_folder_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tiny_spec(tmp_path)
+    code = cli.main(["sweep", str(spec), "--out", str(tmp_path / "out"),
+                     "--storage", f"sqlite:///{tmp_path}/nowhere/study.sqlite3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"pipetune: error: cannot use the study storage sqlite:///{tmp_path}/nowhere/study.sqlite3: " \
+           f"the folder {tmp_path}/nowhere does not exist" in err
 
 
 # --------------------------------------------------------------------------- retries
@@ -279,11 +296,7 @@ def test_a_lost_storage_exits_1_with_a_resume_hint_without_the_password(
     def lost(*_: object, **__: object) -> None:
         raise StorageLostError(f"lost the study storage {storage.redact(url)} while storing a trial (x)")
 
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny", "source": {"kind": "synthetic_images", "num_examples": 16, "image_size": [8, 8]},
-        "preprocess": [{"decode_image": {"key": "image"}}], "inputs": {"features": "image", "label": "label"},
-        "model": {"step_time_ms": 1}}))
+    spec = tiny_spec(tmp_path)
     monkeypatch.setattr("pipetune.runner.run_sweep", lost)
     monkeypatch.setattr("pipetune.storage.usable", lambda url: url)  # no server "db" to check
     monkeypatch.delenv("COLUMNS", raising=False)

@@ -37,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from pipetune.cli import print_json
     from pipetune.outputs import json_document, write_outputs
     from pipetune.runner import SweepOptions, run_sweep
-    from pipetune.storage import usable
+    from pipetune.storage import is_server, usable
     from pipetune.validate import load_spec
 
     spec = load_spec(args.spec)
-    if args.storage:  # a bad URL fails in one line, before the progress bar starts
-        usable(args.storage)
+    if args.storage and is_server(args.storage):  # fails in one line, before the progress bar starts
+        usable(args.storage)  # (an SQLite path is checked once --out, which may hold it, exists)
     out = args.out or Path("reports") / spec.name
     options = SweepOptions(out_dir=out, budget_s=args.budget, strategy=args.strategy, mode=args.mode,
                            storage=args.storage, resume=args.resume, seed=args.seed)
