@@ -34,9 +34,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+import fake_search
 from pipetune import storage
 from pipetune.claims import CLAIMS
-from pipetune.errors import StorageError
+from pipetune.errors import StorageError, StorageLostError
 from pipetune.runner import study_name
 from pipetune.search import FULL_RUNG
 from pipetune.space import variant_key
@@ -283,6 +284,41 @@ def test_the_check_names_refused_credentials_and_a_missing_database(cluster: Clu
     with pytest.raises(StorageError, match="the database 'nope' does not exist") as caught:
         storage.check_storage(cluster.url.rsplit("/", 1)[0] + "/nope")
     assert cluster.password not in str(caught.value)
+
+
+def test_a_server_that_stays_down_stops_the_search_and_resume_completes(cluster: Cluster) -> None:
+    """In process, with fake measurements and short retries: the server stops after the second
+    measurement and stays down; the search gives up with the redacted URL; once the server is
+    back, a resume measures only what was not stored."""
+    calls: list[str] = []
+    state = fake_search.new_state(cluster.url, calls, study="gives-up", retry=storage.Retry((0.2, 0.2)))
+
+    def measure_then_stop(variant: Any, steps: int) -> Any:
+        result = fake_search.measure(variant, steps)
+        calls.append(variant.key)
+        if len(calls) == 2:
+            cluster.pg_ctl("-m", "fast", "stop")
+        return result
+
+    state.measure = measure_then_stop
+    try:
+        with pytest.raises(StorageLostError) as caught:
+            fake_search.run(state)
+    finally:
+        cluster.pg_ctl("start")
+    message = str(caught.value)
+    assert message.startswith(f"lost the study storage postgresql+psycopg://{USER}:***@127.0.0.1:{cluster.port}/")
+    assert cluster.password not in message and caught.value.exit_code == 1
+    kept = fake_search.stored_pairs(state)
+    assert len(calls) == 2 and len(kept) == 1  # the second was measured, never stored
+
+    again: list[str] = []
+    resumed = fake_search.new_state(cluster.url, again, study="gives-up", grace_s=0.5)
+    time.sleep(0.6)  # the stopped worker's claim is now past its grace period (same PID: not "dead")
+    fake_search.run(resumed)
+    assert again[0] == calls[1]  # the one measured but not stored is measured again, then the rest
+    assert sorted(again) == sorted(v.key for v in fake_search.VARIANTS if v.key != calls[0])
+    assert fake_search.stored_pairs(resumed) == fake_search.ALL_PAIRS
 
 
 SPACE = {"map_parallel": [1, 2], "prefetch": [0, "autotune"]}  # 2 references + 3 other variants

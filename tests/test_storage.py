@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,15 +16,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipetune import cli, search, storage
+import fake_search
+from fake_search import ALL_PAIRS, NO_WAIT, VARIANTS, new_state, stored_pairs
+from pipetune import cli, storage
 from pipetune.claims import ClaimBoard
 from pipetune.errors import StorageError, StorageLostError
-from pipetune.results import RepeatTiming, Role, TrialResult, TrialState
-from pipetune.space import Variant
-from pipetune.spec import PipelineParams
 
 SECRET = "Hunter2-secret"
-NO_WAIT = storage.Retry(delays_s=(0.0, 0.0))
 
 
 def tiny_spec(folder: Path) -> Path:
@@ -201,32 +198,7 @@ def test_a_bad_statement_is_not_retried() -> None:
     assert calls == [1]
 
 
-# A search on SQLite whose storage calls fail on cue: no TensorFlow, a fake measurement.
-
-VARIANTS = [Variant(PipelineParams(batch_size=8, map_parallel=m, prefetch=0),
-                    Role.NAIVE if m == 1 else Role.CANDIDATE) for m in (1, 2, 3)]
-
-
-def measure(variant: Variant, steps: int) -> TrialResult:
-    step_ns = int(8 / (100.0 * variant.params.map_parallel) * 1e9)
-    repeat = RepeatTiming(tuple(i * step_ns for i in range(steps)), (0,) * steps, (step_ns,) * steps,
-                          examples=8 * steps)
-    return TrialResult(key=variant.key, role=variant.role, params=variant.params.model_dump(),
-                       state=TrialState.COMPLETE, batch_size=8, repeats=(repeat, repeat), budget_steps=steps)
-
-
-def new_state(url: str, calls: list[str]) -> search.SearchState:
-    def counted(variant: Variant, steps: int) -> TrialResult:
-        calls.append(variant.key)
-        return measure(variant, steps)
-
-    return search.SearchState(study=search.open_study(url, "s", "throughput"),
-                              board=ClaimBoard(url, "s", retry=NO_WAIT), measure=counted, full_steps=4,
-                              deadline=time.time() + 600, objective="throughput", epochs=1)
-
-
-def stored_pairs(state: search.SearchState) -> list[tuple[str, int]]:
-    return sorted((t.user_attrs["variant_key"], t.user_attrs["rung"]) for t in state.study.get_trials())
+# A search on SQLite whose storage calls fail on cue (fake_search: no TensorFlow).
 
 
 def test_a_commit_whose_answer_was_lost_is_not_stored_twice(tmp_path: Path) -> None:
@@ -239,12 +211,9 @@ def test_a_commit_whose_answer_was_lost_is_not_stored_twice(tmp_path: Path) -> N
         raise refused("COMMIT")  # ... but the connection died before the client heard so
 
     state.study.add_trial = committed_then_lost
-    try:
-        search.run(state, "grid", VARIANTS[:1], VARIANTS[1:])
-    finally:
-        state.board.close()
+    fake_search.run(state)
     assert sorted(calls) == sorted(v.key for v in VARIANTS)
-    assert stored_pairs(state) == sorted((v.key, search.FULL_RUNG) for v in VARIANTS)
+    assert stored_pairs(state) == ALL_PAIRS
 
 
 def test_a_lost_storage_stops_the_search_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -260,8 +229,7 @@ def test_a_lost_storage_stops_the_search_and_resume_loses_and_repeats_nothing(tm
 
     state.study.add_trial = down_after_two
     with pytest.raises(StorageLostError):
-        search.run(state, "grid", VARIANTS[:1], VARIANTS[1:])
-    state.board.close()
+        fake_search.run(state)
     assert len(first_calls) == 3 and len(stored_pairs(state)) == 2  # the third was measured, not stored
 
     resumed_calls: list[str] = []
@@ -269,12 +237,9 @@ def test_a_lost_storage_stops_the_search_and_resume_loses_and_repeats_nothing(tm
     with sa.create_engine(url).begin() as conn:  # as if the stopped worker's process had ended
         conn.execute(sa.text("UPDATE pipetune_claims SET owner = :dead WHERE done = 0"),
                      {"dead": f"{socket.gethostname()}:999999998:gone"})
-    try:
-        search.run(resumed, "grid", VARIANTS[:1], VARIANTS[1:])
-    finally:
-        resumed.board.close()
+    fake_search.run(resumed)
     assert resumed_calls == [first_calls[2]]  # only the one never stored is measured again
-    assert stored_pairs(resumed) == sorted((v.key, search.FULL_RUNG) for v in VARIANTS)
+    assert stored_pairs(resumed) == ALL_PAIRS
 
 
 def test_a_claim_inserted_before_the_connection_died_is_still_ours(tmp_path: Path) -> None:
