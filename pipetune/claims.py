@@ -21,6 +21,8 @@ from typing import TypeVar
 import psutil
 import sqlalchemy as sa
 
+from pipetune import storage
+
 T = TypeVar("T")
 _METADATA = sa.MetaData()
 CLAIMS = sa.Table(
@@ -58,8 +60,10 @@ class Claim:
 class ClaimBoard:
     """Claims for one study in one database. Thread-safe heartbeats for the claim being run."""
 
-    def __init__(self, storage_url: str, study: str, grace_s: float = 60.0) -> None:
-        self.engine = sa.create_engine(storage_url)
+    def __init__(self, storage_url: str, study: str, grace_s: float = 60.0,
+                 retry: storage.Retry = storage.Retry()) -> None:
+        self.url, self.retry = storage_url, retry  # also what the search's own storage calls use
+        self.engine = sa.create_engine(storage_url, **storage.engine_options(storage_url))
         retry_schema_race(lambda: _METADATA.create_all(self.engine))
         self.study = study
         self.grace_s = grace_s
@@ -69,8 +73,15 @@ class ClaimBoard:
         self._thread = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._thread.start()
 
+    def stored(self, action: Callable[[], T], what: str) -> T:
+        """``action()`` on the study's database, retried through a short outage."""
+        return storage.call(action, self.url, what, self.retry)
+
     def try_claim(self, variant_key: str, rung: int) -> bool:
         """Take (variant, rung) if nobody has it or its owner is dead. Atomic."""
+        return self.stored(lambda: self._try_claim(variant_key, rung), "claiming a measurement")
+
+    def _try_claim(self, variant_key: str, rung: int) -> bool:
         now = time.time()
         row = {"study": self.study, "variant_key": variant_key, "rung": rung,
                "owner": self.owner, "heartbeat": now, "done": False}
@@ -85,6 +96,8 @@ class ClaimBoard:
         with self.engine.begin() as conn:
             current = conn.execute(sa.select(CLAIMS.c.owner, CLAIMS.c.heartbeat, CLAIMS.c.done)
                                    .where(*self._where(variant_key, rung))).one_or_none()
+            if current is not None and current.owner == self.owner and not current.done:
+                return True  # our own insert, committed before a lost connection hid the answer
             if current is None or current.done or not self._is_dead(current.owner, current.heartbeat, now):
                 return False
             # Compare-and-swap on the owner we saw: only one worker wins the takeover.
@@ -101,13 +114,18 @@ class ClaimBoard:
         return now - heartbeat > self.grace_s
 
     def is_done(self, variant_key: str, rung: int) -> bool:
-        with self.engine.connect() as conn:
-            done = conn.execute(sa.select(CLAIMS.c.done).where(*self._where(variant_key, rung))).scalar()
-        return bool(done)
+        def read() -> bool:
+            with self.engine.connect() as conn:
+                return bool(conn.execute(sa.select(CLAIMS.c.done).where(*self._where(variant_key, rung))).scalar())
+
+        return self.stored(read, "reading the claims")
 
     def mark_done(self, variant_key: str, rung: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(CLAIMS.update().where(*self._where(variant_key, rung)).values(done=True))
+        def update() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(CLAIMS.update().where(*self._where(variant_key, rung)).values(done=True))
+
+        self.stored(update, "marking a measurement done")
 
     def beat_for(self, claim: Claim | None) -> None:
         """Keep ``claim`` alive with heartbeats while it runs (None: stop)."""
@@ -132,8 +150,8 @@ class ClaimBoard:
                 conn.execute(CLAIMS.update().where(*self._where(claim.variant_key, claim.rung),
                                                    CLAIMS.c.owner == self.owner)
                              .values(heartbeat=time.time()))
-        except sa.exc.OperationalError:
-            pass  # a busy database misses one beat; the grace period covers several
+        except sa.exc.SQLAlchemyError:
+            pass  # a busy or restarting database misses one beat; the grace period covers several
 
     def _where(self, variant_key: str, rung: int) -> tuple:
         return (CLAIMS.c.study == self.study, CLAIMS.c.variant_key == variant_key, CLAIMS.c.rung == rung)

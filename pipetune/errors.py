@@ -44,3 +44,17 @@ class NoSweepError(PipetuneError):
     """There is no stored sweep to read results from."""
 
     exit_code = 2
+
+
+class StorageError(PipetuneError):
+    """The study storage (``--storage`` URL or the SQLite file) cannot be used. Raised before
+    any work runs; the message names the URL with its password hidden."""
+
+    exit_code = 2
+
+
+class StorageLostError(PipetuneError):
+    """The study storage went away mid-sweep and did not come back within the retries.
+    Finished trials are stored; ``--resume`` continues."""
+
+    exit_code = 1

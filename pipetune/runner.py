@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune import search, sources
+from pipetune import search, sources, storage
 from pipetune.device import detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
@@ -67,7 +67,7 @@ def prepare_out_dir(options: SweepOptions) -> str:
 def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) -> SweepOutcome:
     require_tensorflow()
     started = time.time()
-    storage_url = prepare_out_dir(options)
+    storage_url = storage.usable(prepare_out_dir(options))  # a bad URL fails here, before any work
     mode = effective_mode(spec, options.mode)
     objective = spec.measure.objective_in(mode)
     device = detect_device()

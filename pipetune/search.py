@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 
-from pipetune import stats
+from pipetune import stats, storage
 from pipetune.claims import ClaimBoard, retry_schema_race
 from pipetune.dimensions import NAMES
 from pipetune.results import TrialResult, TrialState
@@ -64,13 +64,18 @@ class SearchState:
     def measured(self) -> dict[tuple[str, int], float | None]:
         """Objective value of every stored measurement by (variant key, rung); cheap: the raw
         results are not parsed (None for a failed one)."""
+        return self.board.stored(self.measured_once, "reading the study")
+
+    def measured_once(self) -> dict[tuple[str, int], float | None]:
+        """``measured()`` without retries."""
         return {(t.user_attrs["variant_key"], t.user_attrs["rung"]): t.value
                 for t in self.study.get_trials(deepcopy=False) if "result" in t.user_attrs}
 
     def results(self) -> dict[tuple[str, int], TrialResult]:
         """Every stored measurement, by (variant key, rung)."""
         found = {}
-        for trial in self.study.get_trials(deepcopy=False):
+        trials = self.board.stored(lambda: self.study.get_trials(deepcopy=False), "reading the study")
+        for trial in trials:
             text = trial.user_attrs.get("result")
             if text:
                 found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
@@ -81,7 +86,8 @@ def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Stud
     direction = "maximize" if objective == "throughput" else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return retry_schema_race(lambda: optuna.create_study(
-        storage=storage_url, study_name=study_name, direction=direction, load_if_exists=True))
+        storage=optuna.storages.RDBStorage(storage_url, engine_kwargs=storage.engine_options(storage_url)),
+        study_name=study_name, direction=direction, load_if_exists=True))
 
 
 def run(state: SearchState, strategy: str, references: list[Variant],
@@ -199,7 +205,18 @@ def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult)
              "state": result.state.value, "reason": result.reason, "result": trial_to_json(result)}
     value = _objective_value(state, result)
     trial_state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
-    state.study.add_trial(optuna.trial.create_trial(state=trial_state, value=value, user_attrs=attrs))
+    trial = optuna.trial.create_trial(state=trial_state, value=value, user_attrs=attrs)
+    tried = False
+
+    def add_once() -> None:
+        nonlocal tried
+        # A retry after a commit whose answer the lost connection swallowed must not store twice.
+        if tried and (variant.key, rung) in state.measured_once():
+            return
+        tried = True
+        state.study.add_trial(trial)
+
+    state.board.stored(add_once, "storing a finished measurement")
 
 
 def _objective_value(state: SearchState, result: TrialResult) -> float | None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipetune.dimensions import NAMES, short_label
+from pipetune.errors import StorageLostError
 from pipetune.stats import input_bound_band
 
 STRATEGIES = ("auto", "grid", "halving", "tpe")
@@ -38,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from pipetune.documents import json_document
     from pipetune.outputs import write_outputs
     from pipetune.runner import SweepOptions, run_sweep
+    from pipetune.storage import is_server, usable
     from pipetune.validate import load_spec
 
     spec = load_spec(args.spec)
+    if args.storage and is_server(args.storage):  # fails in one line, before the progress bar starts
+        usable(args.storage)  # (an SQLite path is checked once --out, which may hold it, exists)
     out = args.out or Path("reports") / spec.name
     options = SweepOptions(out_dir=out, budget_s=args.budget, strategy=args.strategy, mode=args.mode,
                            storage=args.storage, resume=args.resume, seed=args.seed)
@@ -50,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_sweep(spec, options, on_event=progress.event)
     except KeyboardInterrupt:
         # Plain print, one line: the command must survive copy and paste from any terminal.
-        print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}",
-              file=sys.stderr)
+        print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}"
+              + _password_note(args), file=sys.stderr)
         return 130
+    except StorageLostError as err:
+        print(f"pipetune: error: {err}. Resume with:\n  {resume_command(args, out)}" + _password_note(args),
+              file=sys.stderr)
+        return err.exit_code
     finally:
         progress.stop()
     paths = write_outputs(outcome)
@@ -66,12 +74,24 @@ def run(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace, out: Path) -> str:
     """The command that continues this sweep: everything that decides its study, plus --resume."""
+    from pipetune.storage import redact
+
     parts = ["pipetune", "sweep", args.spec, "--out", str(out)]
     for flag in ("storage", "mode", "strategy", "budget", "seed"):
         value = getattr(args, flag)
         if value is not None:
-            parts += [f"--{flag}", str(value)]
+            parts += [f"--{flag}", redact(value) if flag == "storage" else str(value)]
     return shlex.join([*parts, "--resume"])
+
+
+def _password_note(args: argparse.Namespace) -> str:
+    """A line under the resume command when it shows the storage password as ***."""
+    from pipetune.storage import redact
+
+    if args.storage is None or redact(args.storage) == args.storage:
+        return ""
+    return ("\n(the storage password is shown as ***: type it in its place, or leave it out of the "
+            "URL and, for PostgreSQL, set PGPASSWORD)")
 
 
 class _Progress:
