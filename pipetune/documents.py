@@ -16,7 +16,7 @@ from pipetune.space import describe
 from pipetune.spec import PipelineParams
 from pipetune.outcome import SweepOutcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "diagnosis" (the automatic space's diagnosis, or null)
 
 
 def trial_metrics(result: TrialResult, epochs: int) -> dict[str, Any]:
@@ -83,6 +83,7 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
              "significant": c.significant, "batch_size_differs": c.batch_size_differs}
             for c in outcome.ranking.comparisons
         ],
+        "diagnosis": diagnosis_summary(outcome),
         "trials": result_rows(outcome),
     }
     if raw:  # everything `store.load_outcome` needs to rebuild the outcome
@@ -93,6 +94,17 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
             "trials": [trial_to_dict(r) for r in outcome.results],
         }
     return doc
+
+
+def diagnosis_summary(outcome: SweepOutcome) -> dict[str, Any] | None:
+    """The diagnosis behind an automatic space, and the pick's predicted vs measured rate."""
+    if outcome.diagnosis is None:
+        return None
+    best = outcome.ranking.best
+    measured = trial_metrics(best.trial, outcome.spec.measure.epochs_planned)["throughput_median"] if best else None
+    predicted = outcome.diagnosis.get("predicted_rate")
+    return {**outcome.diagnosis, "pick_measured_rate": measured,
+            "pick_measured_over_predicted": measured / predicted if measured and predicted else None}
 
 
 def _best(outcome: SweepOutcome, best: RankedTrial | None) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipetune.device import Device
 from pipetune.ranking import Ranking, rank
@@ -28,6 +29,9 @@ class SweepOutcome:
     device: Device
     tuning_time_s: float
     budget_s: float | None = None  # the search budget in force (--budget or the spec's)
+    # The diagnosis behind an automatic space (``diagnosis.json`` plus the space and its
+    # reasons); None when the spec listed its space by hand.
+    diagnosis: dict[str, Any] | None = None
 
 
 def rank_sweep(spec: Spec, results: list[TrialResult], objective: str) -> Ranking:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipetune import search, sources, storage
+from pipetune.autospace import resolve_space
 from pipetune.device import detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
@@ -71,6 +72,8 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     mode = effective_mode(spec, options.mode)
     objective = spec.measure.objective_in(mode)
     device = detect_device()
+    name = study_name(spec, mode)  # of the spec as written: a resumed auto space finds its study
+    spec, diagnosis = resolve_space(spec, options.out_dir, device, options.resume)
     layouts = ShardLayouts(spec, options.out_dir / "shards")
     references = reference_variants(spec, device)
     first = layouts.get(references[0].params.shards, references[0].params.compression)
@@ -78,9 +81,9 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
                        int(spec.resources.ram_budget_gb * 2**30))
     candidates, dropped = enumerate_space(spec, facts)
     budget = options.budget_s or spec.search.budget_s
-    board = search.ClaimBoard(storage_url, study_name(spec, mode))
+    board = search.ClaimBoard(storage_url, name)
     state = search.SearchState(
-        study=search.open_study(storage_url, study_name(spec, mode), objective), board=board,
+        study=search.open_study(storage_url, name, objective), board=board,
         measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
@@ -95,7 +98,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     results += search.skipped_results(state, known)
     ranking = rank_sweep(spec, results, objective)
     return SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
-                        time.time() - started, budget)
+                        time.time() - started, budget, diagnosis)
 
 
 class ShardLayouts:

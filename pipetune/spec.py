@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipetune.dimensions import DIMENSIONS, Compression, Dimension, NonNegativeInt, PositiveInt
+from pipetune.dimensions import DIMENSIONS, NAMES, Compression, Dimension, NonNegativeInt, PositiveInt
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 SpecName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -289,9 +289,12 @@ class MeasureSpec(Strict):
 class _SpaceBase(Strict):
     """The values to try per dimension (fields from ``dimensions.DIMENSIONS``). A dimension
     left out gets its registry search values: the knobs that most often matter are searched,
-    the rest keep tf.data's defaults."""
+    the rest keep tf.data's defaults. With ``auto`` (``space: auto``, or no ``space:`` at all),
+    the sweep derives the space from its diagnosis and keeps only the dimensions listed here."""
 
-    @field_validator("*")
+    auto: bool = False
+
+    @field_validator(*NAMES, check_fields=False)
     @classmethod
     def _no_repeated_values(cls, values: list[Any]) -> list[Any]:
         # A field validator (not a model one) so the error names the dimension's own line.
@@ -303,7 +306,11 @@ class _SpaceBase(Strict):
         return values
 
     def dimensions(self) -> dict[str, list[Any]]:
-        return {name: list(values) for name, values in self}
+        return {name: list(getattr(self, name)) for name in NAMES}
+
+    def listed(self) -> tuple[str, ...]:
+        """The dimensions the spec itself lists (the others have their registry values)."""
+        return tuple(name for name in NAMES if name in self.model_fields_set)
 
 
 def _choices(dimension: Dimension) -> tuple[Any, Any]:
@@ -326,7 +333,13 @@ class SearchSpec(Strict):
     strategy: Literal["auto", "grid", "halving", "tpe"] = "auto"
     budget_s: Annotated[float, Field(gt=0)] = 600.0
     seed: int = 0
-    space: SearchSpace = Field(default_factory=SearchSpace)
+    space: SearchSpace = Field(default_factory=lambda: SearchSpace(auto=True))
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _auto_shorthand(cls, value: Any) -> Any:
+        # `space: auto` is short for `space: {auto: true}`.
+        return {"auto": True} if value == "auto" else value
 
 
 class StorageSpec(Strict):

@@ -45,4 +45,11 @@ def load_outcome(spec_or_dir: str | Path) -> SweepOutcome:
     ranking = rank_sweep(spec, results, document["objective"])
     return SweepOutcome(spec, folder, document["strategy"], document["mode"], results, dropped,
                         ranking, Device(**device_fields), document["tuning_time_s"],
-                        document.get("budget_s"))
+                        document.get("budget_s"), _stored_diagnosis(document))
+
+
+def _stored_diagnosis(document: dict) -> dict | None:
+    diagnosis = document.get("diagnosis")
+    if not diagnosis:
+        return None
+    return {k: v for k, v in diagnosis.items() if not k.startswith("pick_")}

@@ -536,7 +536,7 @@ def grid_sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepRun:
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
-# The --json document, schema_version 1: a dict is an object with (at least) these keys, a
+# The --json document, schema_version 2: a dict is an object with (at least) these keys, a
 # one-item list is an array of that item, a type (or tuple of types) is a JSON value.
 JSON_SCHEMA: dict[str, Any] = {
     "schema_version": int,
@@ -553,6 +553,7 @@ JSON_SCHEMA: dict[str, Any] = {
              "fill_s": OPTIONAL_NUMBER},
     "comparisons": [{"reference": str, "speedup": NUMBER, "ci_low": NUMBER, "ci_high": NUMBER,
                      "significant": bool, "batch_size_differs": bool}],
+    "diagnosis": (dict, type(None)),
     "trials": [{"key": str, "role": str, "state": str, "reason": str, "rank": (int, type(None))}],
 }
 # What the document's trial rows hold beyond the README's summary of them.
@@ -584,7 +585,8 @@ def test_json_document_has_the_documented_schema(grid_sweep: SweepRun) -> None:
     document, attrs = grid_sweep
     assert schema_problems(document, JSON_SCHEMA) == []
     assert schema_problems(document["trials"], [TRIAL_ROW_DETAILS], "$.trials") == []
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
+    assert document["diagnosis"] is None  # a hand-listed space: no diagnosis behind it
     assert [document[k] for k in ("mode", "strategy", "objective")] == ["simulate", "grid", "throughput"]
     assert document["spec"]["name"] == "sleepy"
     roles, states = {r.value for r in Role}, {s.value for s in TrialState}

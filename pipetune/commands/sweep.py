@@ -164,6 +164,7 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
                       f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {verdict}"
                       + (" [batch size differs from yours]" if c.batch_size_differs else ""))
     _print_verdict(console, outcome)
+    _print_diagnosis(console, outcome)
     failed = [r for r in outcome.results if r.state.value == "failed"]
     if failed:
         console.print(f"{len(failed)} failed trial(s): see results.csv for reasons")
@@ -171,6 +172,22 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
     console.print(f"{len(outcome.dropped)} variant(s) dropped as invalid, {skipped} skipped or pruned "
                   "(reasons in results.csv)")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _print_diagnosis(console: Console, outcome) -> None:
+    """Why the automatic space holds what it holds, and how the pick compares with the prediction."""
+    from pipetune.documents import diagnosis_summary
+
+    summary = diagnosis_summary(outcome)
+    if summary is None:
+        return
+    console.print("[bold]Diagnosis[/bold] (automatic space; full table in diagnosis.json and the report)")
+    for reason in summary["reasons"]:
+        console.print(f"  - {reason}", markup=False)
+    predicted, measured = summary.get("predicted_rate"), summary.get("pick_measured_rate")
+    if predicted and measured:
+        console.print(f"  predicted {predicted:,.0f} examples/s, the pick measured {measured:,.0f} "
+                      f"({measured / predicted:.2f}x the prediction)")
 
 
 def _print_verdict(console: Console, outcome) -> None:

@@ -1,0 +1,146 @@
+"""The automatic search space: what to try, read from the diagnosis instead of a fixed grid.
+
+Used when the spec has no ``search.space`` or says ``space: auto``; the dimensions a user lists
+under ``space: {auto: true, ...}`` are kept as written. Pure: the diagnosis and the device in,
+a ``SearchSpace`` and the reasons for it out.
+
+Per bottleneck (the diagnosis' verdict):
+  blocking I/O   concurrency beyond the cores, sized by Little's law: an interleave over at
+                 least that many shards (reads) or that many map calls (an op), a private
+                 thread pool that large, and ``deterministic: false`` (marked as changing order);
+  compute        parallelism up to the cores, and a cache after the deterministic ops when
+                 they cost something (memory if it fits the RAM budget, else disk);
+  bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
+  consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
+                 consumer's levers instead (the precisions this device runs fast, batch size).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipetune.device import Device
+from pipetune.diagnose.verdict import Diagnosis, StageCost, sized_concurrency
+from pipetune.spec import SearchSpace, Spec
+
+MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning knob
+MIN_CACHE_SHARE = 0.2  # a cache pays when the deterministic ops are at least this share of the work
+
+
+@dataclass(frozen=True, slots=True)
+class AutoSpace:
+    space: SearchSpace
+    reasons: tuple[str, ...]  # one plain sentence per choice, for the summary and the report
+    consumer_bound: bool  # no pipeline change will pay: only the consumer's levers are searched
+
+
+def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
+    """The space the diagnosis points to, with the dimensions the user listed kept."""
+    kind = diagnosis.bottleneck.kind
+    dims: dict[str, list[Any]] = {"shards": [8], "interleave_cycle": ["autotune"],
+                                  "map_parallel": ["autotune"], "prefetch": ["autotune"], "cache": ["none"]}
+    reasons = [f"diagnosis: {diagnosis.bottleneck.sentence}"]
+    if kind == "consumer":
+        reasons.append("not input-bound: no pipeline change will pay, so tf.data's AUTOTUNE pipeline "
+                       "is the only pipeline measured")
+        if diagnosis.measurements.consumer.mode == "train":
+            _consumer_levers(spec, device, dims, reasons)
+    elif kind == "blocking_io":
+        _blocking(diagnosis, dims, reasons)
+    else:
+        _compute(diagnosis, dims, reasons)
+        if kind == "bandwidth":
+            dims["interleave_cycle"] = ["autotune", 8]
+            reasons.append("bandwidth-bound: parallel reads of 8 shards, and a cache so later epochs "
+                           "read nothing")
+    listed = {name: getattr(spec.search.space, name) for name in spec.search.space.listed()}
+    if listed:
+        reasons.append(f"kept as the spec lists them: {', '.join(sorted(listed))}")
+    space = SearchSpace(**{**dims, **listed})
+    return AutoSpace(space, tuple(reasons), consumer_bound=kind == "consumer")
+
+
+def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+    stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
+    target = min(diagnosis.measurements.consumer.rate, diagnosis.compute_rate, diagnosis.cpu_bound)
+    needed = max(2, sized_concurrency(target, stage))
+    if stage.kind == "read":
+        shards = min(MAX_SHARDS, max(8, needed))
+        cycle = min(needed, shards)
+        dims.update(shards=[shards], interleave_cycle=["autotune", cycle],
+                    private_threadpool_size=[0, max(cycle, diagnosis.measurements.cores)])
+        reasons.append(f"blocking reads: {cycle} files read at once over {shards} shards "
+                       f"(Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms = {needed} in flight)")
+    else:
+        dims.update(map_parallel=["autotune", needed], private_threadpool_size=[0, needed])
+        reasons.append(f"`{stage.name}` waits: {needed} map calls in flight and a private pool of "
+                       f"{needed} threads (Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms)")
+    dims["deterministic"] = [True, False]
+    reasons.append("deterministic: false is tried too; it changes the order examples arrive in")
+
+
+def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+    cores = diagnosis.measurements.cores
+    dims["map_parallel"] = ["autotune", cores] if cores > 1 else ["autotune"]
+    reasons.append(f"compute-bound: parallel map up to the {cores} cores")
+    cached = _cache_choice(diagnosis)
+    if cached:
+        dims["cache"] = ["none", cached]
+        reasons.append(f"a {cached} cache after the deterministic ops: they take "
+                       f"{_deterministic_share(diagnosis):.0%} of the per-element work")
+
+
+def _cache_choice(diagnosis: Diagnosis) -> str | None:
+    """memory or disk when caching the deterministic prefix would save enough work."""
+    if not diagnosis.caches or _deterministic_share(diagnosis) < MIN_CACHE_SHARE:
+        return None
+    latest = diagnosis.caches[-1]  # the Plan caches after the last deterministic op
+    return "memory" if latest.fits else "disk"
+
+
+def _deterministic_share(diagnosis: Diagnosis) -> float:
+    positions = {need.position for need in diagnosis.caches}
+    total = sum(cost.wall_s for cost in diagnosis.costs)
+    saved = sum(cost.wall_s for cost in diagnosis.costs if cost.name in positions)
+    return saved / total if total > 0 else 0.0
+
+
+def _consumer_levers(spec: Spec, device: Device, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+    fast = ["float32", *(p for p in ("mixed_bfloat16", "mixed_float16") if not device.precision_problem(p))]
+    batch = spec.search.space.batch_size[0]
+    dims.update(precision=fast, batch_size=[batch, batch * 2])
+    reasons.append(f"the consumer's levers instead: precision {', '.join(fast)} (what this device runs "
+                   f"fast) and batch size {batch} or {batch * 2}; both change training itself")
+
+
+def _stage(costs: Sequence[StageCost], name: str | None) -> StageCost:
+    return next(cost for cost in costs if cost.name == name)
+
+
+AUTO_SPACE_NAME = "auto_space.json"
+
+
+def resolve_space(spec: Spec, out_dir: Path, device: Device, resume: bool) -> tuple[Spec, dict[str, Any] | None]:
+    """``spec`` with its space written out, and the diagnosis document behind it (None for a
+    hand-listed space). A resumed sweep reuses the space it started with (stored in
+    ``auto_space.json``), so it measures the same candidates."""
+    if not spec.search.space.auto:
+        return spec, None
+    stored = Path(out_dir) / AUTO_SPACE_NAME
+    if resume and stored.is_file():
+        document = json.loads(stored.read_text(encoding="utf-8"))
+    else:
+        from pipetune.diagnose import diagnose  # measures in a child process: only when needed
+        from pipetune.diagnose.document import diagnosis_document
+
+        diagnosis = diagnose(spec, out_dir)
+        chosen = auto_space(spec, diagnosis, device)
+        document = {**diagnosis_document(diagnosis), "space": chosen.space.dimensions(),
+                    "reasons": list(chosen.reasons), "consumer_bound": chosen.consumer_bound}
+        stored.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    space = SearchSpace(**document["space"])
+    return spec.model_copy(update={"search": spec.search.model_copy(update={"space": space})}), document

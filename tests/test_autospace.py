@@ -1,0 +1,135 @@
+"""The automatic space: what each diagnosis puts in it (pure, on synthetic diagnoses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import make_spec
+from pipetune.autospace import auto_space
+from pipetune.device import Device
+from pipetune.diagnose.measurements import ConsumerMeasurement
+from pipetune.diagnose.verdict import analyse
+from test_diagnose import SIMULATED_1MS, measurements, stage
+
+CPU = Device("Test CPU", 2, cpu_bf16=True)
+GIB = 2**30
+
+
+def spec(tmp: Path, **search):
+    return make_spec(tmp, search={"space": {"auto": True, **search}})
+
+
+def test_blocking_reads_get_concurrency_beyond_the_cores_sized_by_littles_law(tmp_path):
+    consumer = ConsumerMeasurement("simulate", 64, 0.1, measured=False)  # 640/s
+    diagnosis = analyse(measurements([
+        stage("read", "read", 20.0, 0.05, 2.5, 3000, parallelism=8),
+        stage("parse", "parse", 20.05, 0.08, 2.5, 3000),
+    ], consumer))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    # 640/s x 20 ms = 12.8 -> 13 records in flight: 13 files at once over 13 shards.
+    assert chosen.space.shards == [13]
+    assert chosen.space.interleave_cycle == ["autotune", 13]
+    assert chosen.space.private_threadpool_size == [0, 13]
+    assert chosen.space.deterministic == [True, False]
+    assert chosen.space.cache == ["none"]
+    assert any("Little's law" in reason for reason in chosen.reasons)
+
+
+def test_a_waiting_op_gets_map_calls_and_a_private_pool(tmp_path):
+    consumer = ConsumerMeasurement("simulate", 64, 0.1, measured=False)
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("parse", "parse", 0.06, 0.06, 0.05, 3000),
+        stage("sleep(4 ms)", "op", 4.06, 0.07, 2.1, 3000),
+    ], consumer))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    assert diagnosis.bottleneck.kind == "blocking_io"
+    needed = chosen.space.map_parallel[1]
+    assert needed == 3  # 640/s x 4 ms = 2.56 -> 3
+    assert chosen.space.private_threadpool_size == [0, needed]
+
+
+def test_a_costly_deterministic_op_gets_a_cache_that_fits_and_parallel_map(tmp_path):
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 2.0, 2.0, 1.1, 30_000),
+        stage("random_flip(image)", "op", 2.05, 2.05, 1.15, 30_000, random=True),
+    ], SIMULATED_1MS))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    assert diagnosis.bottleneck.kind == "compute"
+    assert chosen.space.cache == ["none", "memory"]
+    assert chosen.space.map_parallel == ["autotune", 2]
+
+
+def test_a_cache_over_the_ram_budget_goes_to_disk(tmp_path):
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 2.0, 2.0, 1.1, 300_000),  # 10,000 x 300 kB = 3 GB
+    ], SIMULATED_1MS, ram_budget_bytes=1 * GIB))
+    assert auto_space(spec(tmp_path), diagnosis, CPU).space.cache == ["none", "disk"]
+
+
+def test_consumer_bound_searches_no_pipeline_grid(tmp_path):
+    slow = ConsumerMeasurement("simulate", 64, 0.2, measured=False)
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 0.2, 0.2, 0.12, 30_000),
+    ], slow))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    assert chosen.consumer_bound
+    space = chosen.space.dimensions()
+    assert all(len(values) == 1 for name, values in space.items()), space
+    assert "no pipeline change will pay" in " ".join(chosen.reasons)
+
+
+def test_consumer_bound_in_train_mode_searches_the_consumers_levers(tmp_path):
+    training = ConsumerMeasurement("train", 64, 0.2, measured=True)
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 0.2, 0.2, 0.12, 30_000),
+    ], training))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    assert chosen.space.precision == ["float32", "mixed_bfloat16"]  # what this CPU runs fast
+    assert chosen.space.batch_size == [64, 128]
+    assert chosen.space.map_parallel == ["autotune"]
+
+
+def test_the_dimensions_a_user_lists_are_kept(tmp_path):
+    """E.g. a data set declared too big to cache: the auto space must not try one."""
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 2.0, 2.0, 1.1, 30_000),
+    ], SIMULATED_1MS))
+    chosen = auto_space(spec(tmp_path, cache=["none"]), diagnosis, CPU)
+    assert chosen.space.cache == ["none"]
+    assert chosen.space.map_parallel == ["autotune", 2]
+
+
+SLOW_CONSUMER_SPEC = """name: auto-consumer
+source: {kind: synthetic_images, num_examples: 128, image_size: [16, 16], num_classes: 3, seed: 0}
+preprocess: [{decode_image: {key: image}}, {normalize: {key: image}}]
+inputs: {features: image, label: label}
+model: {step_time_ms: 200}
+measure: {warmup_steps: 1, steps: 3, repeats: 2, timeout_s: 60}
+search: {budget_s: 120}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_without_a_space_diagnoses_first_and_says_consumer_bound(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "data.yaml"
+    path.write_text(SLOW_CONSUMER_SPEC, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pipetune", "sweep", str(path), "--out",
+                           str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(done.stdout)
+    assert document["diagnosis"]["bottleneck"]["kind"] == "consumer"
+    assert {row["role"] for row in document["trials"]} <= {"naive", "autotune-default"}
+    assert "Diagnosis" in done.stderr and "no pipeline change will pay" in done.stderr
+    assert (tmp_path / "out" / "auto_space.json").is_file()
