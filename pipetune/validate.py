@@ -41,8 +41,8 @@ def load_spec(path: str | Path) -> Spec:
     except OSError as err:
         raise SpecError([f"{path}:1:1: <document>: cannot read the spec: {err.strerror}"]) from None
     except UnicodeDecodeError as err:
-        raise SpecError([f"{path}:1:1: <document>: the spec is not UTF-8 text (byte "
-                         f"{err.object[err.start]:#04x} at offset {err.start}); save it as UTF-8"]) from None
+        raise SpecError([f"{path}:1:1: <document>: the spec must be UTF-8 text, but byte "
+                         f"{err.start} is not ({err.reason})"]) from None
     document = load_located(text, str(path))
     if not isinstance(document.data, dict):
         given = "an empty file" if document.data is None else f"a {type(document.data).__name__}"

@@ -133,7 +133,7 @@ def test_a_spec_that_is_not_utf8_is_one_spec_line(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip() == err.strip().splitlines()[0]
-    assert err.startswith(f"{path}:1:1: <document>: the spec is not UTF-8 text")
+    assert err.startswith(f"{path}:1:1: <document>: the spec must be UTF-8 text")
 
 
 # --------------------------------------------------------------------------- stored results
