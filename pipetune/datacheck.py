@@ -169,7 +169,8 @@ def tensorflow_text(err: BaseException) -> str:
     """TensorFlow's own words, without its function-node and op decorations, on one line."""
     text = getattr(err, "message", None) or str(err) or type(err).__name__
     text = re.sub(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^]]*\]\]|\[Op:\w+\].*$", "", text, flags=re.S)
-    text = " ".join(text.split())
+    # A record that is not an Example is quoted back: keep binary bytes off the terminal.
+    text = " ".join("".join(c if c.isprintable() or c.isspace() else "?" for c in text).split())
     return text if len(text) <= 300 else text[:297] + "..."
 
 

@@ -9,7 +9,9 @@ record), so a sample costs the records read, not the file.
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
+import os
 import random
 import struct
 from collections.abc import Iterator, Sequence
@@ -21,6 +23,8 @@ from pipetune.spec import CsvSource, ImageFolderSource, NpzSource, ParquetSource
 
 HEAD, TAIL, RANDOM = 8, 8, 16  # records per file: first, last, seeded random
 MAX_IMAGE_FILES = 2000  # an image folder: every image up to this many, else a seeded sample
+MAX_RECORDS = 2000  # TFRecord: records over all files; many files get fewer each (at least 2)
+MAX_SCAN_RECORDS = 100_000  # TFRecord: records framed per file; a longer file's tail is not seen
 MAX_FULL_READ_BYTES = 64 * 2**20  # a CSV/Parquet file larger than this: only its first rows
 SYNTHETIC_RECORDS = 2  # generated from a seed: only the ops can be wrong
 _SEED = 0
@@ -53,8 +57,9 @@ def sample_records(spec: Spec) -> Iterator[Sample]:
         raise SourceError(sources.format_problems(inspection.problems))
     source = spec.source
     if isinstance(source, TFRecordSource):
+        per_file = max(2, min(HEAD + TAIL + RANDOM, MAX_RECORDS // len(inspection.inputs)))
         for path in inspection.inputs:
-            yield from _tfrecord_sample(path, source.compression)
+            yield from _tfrecord_sample(path, source.compression, per_file)
     elif isinstance(source, ImageFolderSource):
         yield from _image_sample(inspection)
     elif isinstance(source, (CsvSource, ParquetSource, NpzSource)):
@@ -64,15 +69,20 @@ def sample_records(spec: Spec) -> Iterator[Sample]:
             yield Sample(f"synthetic image {index}", record)
 
 
-def _tfrecord_sample(path: Path, compression: str) -> Iterator[Sample]:
+def _tfrecord_sample(path: Path, compression: str, per_file: int) -> Iterator[Sample]:
     if compression == "zlib":  # no seekable zlib stream in Python: the first records only
-        for index, record in enumerate(itertools.islice(_tf_read(path, "ZLIB"), HEAD)):
+        for index, record in enumerate(itertools.islice(_tf_read(path, "ZLIB"), per_file)):
             yield Sample(f"{path}: record {index}", record)
         return
+    ends = max(1, per_file // 4)
     opener = gzip.open if compression == "gzip" else open
     with opener(path, "rb") as stream:
+        if compression == "none" and stream.read(2) == b"\x1f\x8b":
+            raise SourceError(f"{path}: starts like a gzip file, but source.compression is 'none'; "
+                              "set it to gzip")
+        stream.seek(0)
         offsets = _record_offsets(stream, path)
-        for index in pick(len(offsets)):
+        for index in pick(len(offsets), ends, ends, per_file - 2 * ends):
             stream.seek(offsets[index][0])
             yield Sample(f"{path}: record {index}", stream.read(offsets[index][1]))
 
@@ -81,17 +91,20 @@ def _record_offsets(stream, path: Path) -> list[tuple[int, int]]:
     """(data offset, length) of every record, from the TFRecord framing: length (8 bytes),
     its CRC (4), the data, the data's CRC (4)."""
     offsets, position = [], 0
-    while header := stream.read(12):
+    while len(offsets) < MAX_SCAN_RECORDS and (header := stream.read(12)):
         if len(header) < 12:
             raise SourceError(f"{path}: record {len(offsets)}: the file ends inside a record's "
                               "header (truncated, or source.compression is wrong)")
         (length,) = struct.unpack("<Q", header[:8])
+        end = position + 16 + length
+        # A plain file seeks past its end without complaint: compare with its size instead.
+        size = os.fstat(stream.fileno()).st_size if isinstance(stream, io.BufferedReader) else None
         stream.seek(length + 4, 1)
-        if stream.tell() != position + 12 + length + 4 or length > 2**40:
+        if (size is not None and end > size) or stream.tell() != end or length > 2**40:
             raise SourceError(f"{path}: record {len(offsets)}: the file ends inside the record "
                               f"(it declares {length} bytes; truncated, or source.compression is wrong)")
         offsets.append((position + 12, length))
-        position += 16 + length
+        position = end
     return offsets
 
 
