@@ -81,11 +81,11 @@ def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,
 
 
 def _log_file(request: TrialRequest, scratch: Path, log_dir: Path | None) -> Path:
+    """The trial's log path, unique like its scratch folder. The child creates the file, so
+    its existence says the child is past its start-up."""
     if log_dir is None:
         return scratch / "trial.log"
-    handle, name = tempfile.mkstemp(prefix=f"trial-{request.key}-", suffix=".log", dir=log_dir)
-    os.close(handle)
-    return Path(name)
+    return log_dir / f"{scratch.name}.log"
 
 
 def _keep_log_if_failed(result: TrialResult, log: Path, log_dir: Path | None) -> TrialResult:
