@@ -101,10 +101,14 @@ class _Progress:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console)
         self.task = self.bar.add_task("starting", total=None)
-        self.bar.start()
+        self.started = False  # the bar appears with the first event: a refused sweep shows none
 
     def event(self, event) -> None:
         from pipetune.space import describe
+
+        if not self.started:
+            self.bar.start()
+            self.started = True
 
         if event.kind == "planned":
             self.bar.update(self.task, total=event.planned)
