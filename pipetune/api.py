@@ -19,12 +19,17 @@ def sweep(spec: str | Path, **options: Any) -> Any:
     Returns:
         A ``SweepResults`` with ``trials`` (a pandas DataFrame), ``ranking`` and ``paths``.
     """
+    from pipetune.errors import SweepStopped
     from pipetune.outputs import write_outputs
     from pipetune.runner import SweepOptions, run_sweep
 
     loaded = load_spec(spec)
     options.setdefault("out_dir", Path("reports") / loaded.name)
-    outcome = run_sweep(loaded, SweepOptions(**{**options, "out_dir": Path(options["out_dir"])}))
+    try:
+        outcome = run_sweep(loaded, SweepOptions(**{**options, "out_dir": Path(options["out_dir"])}))
+    except SweepStopped as stop:
+        write_outputs(stop.outcome)  # the results so far, with the failures' reasons
+        raise
     paths = write_outputs(outcome)
     return SweepResults.of(outcome, paths)
 

@@ -30,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         # Spec problems are already `file:line:col: key: problem` lines; others get a prefix.
         print(str(err) if isinstance(err, SpecError) else f"pipetune: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if getattr(args, "debug", False):
+            raise
+        # The one place an operating-system refusal (read-only file system, permission, disk
+        # full) becomes a line naming the path; trials never get here (their failures are data).
+        print(f"pipetune: error: {os_error_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def os_error_line(err: OSError) -> str:
+    """``/path: Read-only file system``: the culprit path and the system's reason."""
+    reason = err.strerror or str(err) or type(err).__name__
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 def _parser() -> argparse.ArgumentParser:

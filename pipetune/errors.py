@@ -58,3 +58,14 @@ class StorageLostError(PipetuneError):
     Finished trials are stored; ``--resume`` continues."""
 
     exit_code = 1
+
+
+class SweepStopped(PipetuneError):
+    """The sweep stopped early: its first measurements all failed with one reason, so the rest
+    would too. ``outcome`` holds the results so far, for the outputs (set by the runner)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune import search, sources, storage
+from pipetune import preflight, search, sources, storage
 from pipetune.autospace import resolve_space
+from pipetune.datacheck import check_data
 from pipetune.device import detect_device, require_tensorflow
-from pipetune.errors import UsageError
+from pipetune.errors import SweepStopped, UsageError
 from pipetune.plan import DataLayout
 from pipetune.outcome import SweepOutcome, rank_sweep
+from pipetune.rebuild import remember
 from pipetune.results import TrialResult
 from pipetune.space import (
     SpaceFacts,
@@ -57,7 +59,7 @@ def study_name(spec: Spec, mode: str | None = None) -> str:
 def prepare_out_dir(options: SweepOptions) -> str:
     """Create the output folder; refuse to mix with an old sweep unless resuming."""
     out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    preflight.require_writable_dir(out)
     default_db = out / "study.sqlite3"
     if options.storage is None and default_db.exists() and not options.resume:
         raise UsageError(f"{out} already holds a sweep; pass --resume to continue it, "
@@ -66,10 +68,15 @@ def prepare_out_dir(options: SweepOptions) -> str:
 
 
 def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) -> SweepOutcome:
+    preflight.check_budget(options.budget_s)
     require_tensorflow()
     started = time.time()
-    storage_url = storage.usable(prepare_out_dir(options))  # a bad URL fails here, before any work
     mode = effective_mode(spec, options.mode)
+    storage_url = storage.usable(prepare_out_dir(options))  # a bad URL fails here, before any work
+    if options.resume and options.storage is None:
+        preflight.check_resume(options.out_dir, study_name(spec, mode), spec, mode)
+    preflight.clean_stale_scratch(options.out_dir)
+    check_data(spec, log_path=_logs(options.out_dir) / "datacheck.log")  # before any budget is spent
     objective = spec.measure.objective_in(mode)
     device = detect_device()
     name = study_name(spec, mode)  # of the spec as written: a resumed auto space finds its study
@@ -82,23 +89,39 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     candidates, dropped = enumerate_space(spec, facts)
     budget = options.budget_s or spec.search.budget_s
     board = search.ClaimBoard(storage_url, name)
+    study = search.open_study(storage_url, name, objective)
+    remember(study, spec, mode, objective, options.strategy or spec.search.strategy, device, budget)
     state = search.SearchState(
-        study=search.open_study(storage_url, name, objective), board=board,
+        study=study, board=board,
         measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda event: None),
     )
+    used, stopped = options.strategy or spec.search.strategy, None
     try:
-        used = search.run(state, options.strategy or spec.search.strategy, references, candidates)
-        results = search.final_results(state)
+        used = search.run(state, used, references, candidates)
+    except SweepStopped as stop:
+        stopped = stop  # the outcome so far is still ranked and written
     finally:
         board.close()
+    results = search.final_results(state)
     known = {v.key: v for v in [*references, *candidates]}
     results += search.skipped_results(state, known)
     ranking = rank_sweep(spec, results, objective)
-    return SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
-                        time.time() - started, budget, diagnosis)
+    outcome = SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
+                           time.time() - started, budget, diagnosis)
+    if stopped is not None:
+        stopped.outcome = outcome
+        raise stopped
+    return outcome
+
+
+def _logs(out_dir: Path) -> Path:
+    """Where TensorFlow's own output goes: the data check's and each failed trial's."""
+    folder = out_dir / "logs"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 class ShardLayouts:
@@ -139,4 +162,5 @@ def measure_variant(spec: Spec, variant: Variant, steps: int, mode: str, layouts
                            repeats=spec.measure.repeats, consumer_ceiling=consumer_ceiling)
     scratch = out_dir / "scratch"
     scratch.mkdir(exist_ok=True)
-    return run_trial(request, spec.measure.timeout_s, int(spec.resources.ram_budget_gb * 2**30), scratch)
+    return run_trial(request, spec.measure.timeout_s, int(spec.resources.ram_budget_gb * 2**30), scratch,
+                     log_dir=_logs(out_dir))

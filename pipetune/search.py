@@ -25,6 +25,7 @@ import optuna
 from pipetune import stats, storage
 from pipetune.claims import ClaimBoard, retry_schema_race
 from pipetune.dimensions import NAMES
+from pipetune.earlystop import stop_on_repeated_failure
 from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
@@ -197,6 +198,8 @@ def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) ->
     _store(state, variant, rung, result)
     state.board.mark_done(variant.key, rung)
     state.on_event(SearchEvent("end", variant, rung))
+    if result.state is TrialState.FAILED:
+        stop_on_repeated_failure(state.study)  # raises SweepStopped: the rest would fail alike
     return True
 
 

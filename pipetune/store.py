@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from pipetune.device import Device, Gpu
 from pipetune.errors import NoSweepError
@@ -31,10 +33,55 @@ def load_outcome(spec_or_dir: str | Path) -> SweepOutcome:
     """The stored sweep, re-ranked from its raw trials (ranking is a pure function)."""
     folder = resolve_sweep_dir(spec_or_dir)
     path = folder / RESULTS_NAME
+    try:
+        return _outcome_of(_read_document(path), folder)
+    except _Unreadable as problem:
+        why = str(problem)
+    try:
+        return _outcome_of(_rebuilt(folder, path, why), folder)
+    except _Unreadable as problem:
+        raise NoSweepError(f"{why}; the rebuild from the study failed too: {problem}") from None
+
+
+class _Unreadable(Exception):
+    """results.json is missing, corrupt or incomplete: the study may still hold the sweep."""
+
+
+def _read_document(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise NoSweepError(f"no finished sweep in {folder} (no {RESULTS_NAME}); run "
-                           f"`pipetune sweep <data.yaml> --out {folder}` first")
-    document = json.loads(path.read_text(encoding="utf-8"))
+        raise _Unreadable(f"no {RESULTS_NAME}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError: truncated or not JSON
+        raise _Unreadable(f"{path} is corrupt (not JSON: {err})") from None
+    if not isinstance(document, dict) or "stored" not in document:
+        raise _Unreadable(f"{path} is incomplete (no 'stored' section)")
+    return document
+
+
+def _rebuilt(folder: Path, path: Path, problem: str) -> dict[str, Any]:
+    from pipetune.rebuild import document_from_study
+
+    try:
+        document = document_from_study(folder)
+    except NoSweepError as why:
+        if not path.exists():
+            raise NoSweepError(f"no finished sweep in {folder} (no {RESULTS_NAME}); run "
+                               f"`pipetune sweep <data.yaml> --out {folder}` first") from None
+        raise NoSweepError(f"{problem}; it cannot be rebuilt either: {why}") from None
+    print(f"note: {problem}; rebuilt the sweep from {folder / 'study.sqlite3'}", file=sys.stderr)
+    return document
+
+
+def _outcome_of(document: dict[str, Any], folder: Path) -> SweepOutcome:
+    try:
+        return _outcome(document, folder)
+    except (KeyError, TypeError, ValueError) as err:  # a field missing or of the wrong kind
+        raise _Unreadable(f"{folder / RESULTS_NAME} is incomplete or corrupt "
+                          f"({type(err).__name__}: {err})") from None
+
+
+def _outcome(document: dict[str, Any], folder: Path) -> SweepOutcome:
     stored = document["stored"]
     spec = Spec.model_validate({**stored["spec"], "base_dir": stored["base_dir"]})
     results = [trial_from_dict(t) for t in stored["trials"]]

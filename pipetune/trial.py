@@ -15,35 +15,60 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
-from pipetune.results import TrialResult
+from pipetune.results import TrialResult, TrialState
 from pipetune.trial_request import TrialRequest, failed
 
 _POLL_S = 0.1
 
 
 def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,
-              work_dir: Path | None = None) -> TrialResult:
-    """Measure ``request`` in a child process. Never raises for anything the child does."""
-    scratch = Path(tempfile.mkdtemp(prefix=f"trial-{request.key}-", dir=work_dir))
+              work_dir: Path | None = None, log_dir: Path | None = None) -> TrialResult:
+    """Measure ``request`` in a child process. Never raises for anything the child does.
+
+    The child's stdout and stderr (TensorFlow's own messages) go to a log file in ``log_dir``,
+    kept only when the trial fails (its path is then ``environment["log"]``).
+    """
+    # The sweep process's id in the name: a later sweep removes the folders of dead ones only.
+    scratch = Path(tempfile.mkdtemp(prefix=f"trial-{request.key}-p{os.getpid()}-", dir=work_dir))
+    log = _log_file(request, scratch, log_dir)
     context = trial_context()
     receiver, sender = context.Pipe(duplex=False)
     from pipetune.trial_child import child_main
 
     # The environment as it is now, not as it was when the forkserver started.
-    process = context.Process(target=child_main, args=(request, str(scratch), sender, dict(os.environ)),
-                              daemon=True)
+    process = context.Process(target=child_main, daemon=True,
+                              args=(request, str(scratch), sender, dict(os.environ), str(log)))
     _start_ignoring_sigint(process)
     sender.close()
     try:
-        return _supervise(request, process, receiver, timeout_s, ram_budget_bytes)
+        return _keep_log_if_failed(_supervise(request, process, receiver, timeout_s, ram_budget_bytes),
+                                   log, log_dir)
     finally:
         _stop(process)
         receiver.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _log_file(request: TrialRequest, scratch: Path, log_dir: Path | None) -> Path:
+    """The trial's log path, unique like its scratch folder. The child creates the file, so
+    its existence says the child is past its start-up."""
+    if log_dir is None:
+        return scratch / "trial.log"
+    return log_dir / f"{scratch.name}.log"
+
+
+def _keep_log_if_failed(result: TrialResult, log: Path, log_dir: Path | None) -> TrialResult:
+    if log_dir is None:
+        return result
+    if result.state is TrialState.COMPLETE:
+        log.unlink(missing_ok=True)
+        return result
+    return replace(result, environment={**result.environment, "log": str(log)})
 
 
 def _supervise(request: TrialRequest, process: multiprocessing.Process, receiver, timeout_s: float,

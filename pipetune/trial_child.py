@@ -20,10 +20,11 @@ from pipetune.results import TrialResult, TrialState
 from pipetune.trial_request import TrialRequest
 
 
-def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
+def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str],
+               log_path: str | None = None) -> None:
     os.environ.clear()
     os.environ.update(environ)
-    _redirect_stderr(Path(scratch) / "trial.log")
+    _redirect_output(Path(log_path) if log_path else Path(scratch) / "trial.log")
     try:
         message: tuple[str, object] = ("ok", measure(request, Path(scratch)))
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
@@ -32,10 +33,13 @@ def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[s
     sender.close()
 
 
-def _redirect_stderr(path: Path) -> None:
-    """TensorFlow's start-up chatter goes to the trial's log, not over the parent's progress bar."""
+def _redirect_output(path: Path) -> None:
+    """TensorFlow's chatter (C++ logs on fd 2, prints on fd 1) goes to the trial's log, not
+    over the parent's progress bar; the parent keeps the log of a failed trial."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    sys.stdout.flush()
+    os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
 
 

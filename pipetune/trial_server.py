@@ -1,15 +1,18 @@
 """Imported once by the trial forkserver (see ``trial.trial_context``), never by anything else.
 
-TensorFlow's import chatter goes to a log file instead of the user's terminal, then TensorFlow
+TensorFlow's import chatter goes nowhere (or to ``$PIPETUNE_LOG_DIR/trial-server.log`` when
+that is set, for debugging) instead of the user's terminal, then TensorFlow
 and Keras are imported, so every trial forks with them already loaded. No TensorFlow op runs
 here: the runtime (thread pools, a GPU context) is created in each trial, after the fork.
 """
 
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_log = open(os.path.join(tempfile.gettempdir(), f"pipetune-trial-server-{os.getpid()}.log"), "ab", 0)  # noqa: SIM115
+# Each trial sends its own output to its own log; the server's is the same import chatter
+# every time, so by default it is not kept (no stray file per sweep in /tmp).
+_log_dir = os.environ.get("PIPETUNE_LOG_DIR")
+_log = open(os.path.join(_log_dir, "trial-server.log") if _log_dir else os.devnull, "ab", 0)  # noqa: SIM115
 os.dup2(_log.fileno(), 2)
 
 import keras  # noqa: E402,F401

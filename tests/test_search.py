@@ -704,7 +704,7 @@ def trial_started(out: Path, db: Path) -> bool:
     trial.py, which could start the child with SIGINT ignored. Not what these tests are about.)
     """
     running = [key for key, _, done in claims(db) if not done]
-    return any(any(out.glob(f"scratch/trial-{key}-*/trial.log")) for key in running)
+    return any(any(out.glob(f"logs/trial-{key}-*.log")) for key in running)
 
 
 def resume_hint(stderr: str) -> list[str]:

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from pipetune.commands.printing import print_json
     from pipetune.documents import json_document
     from pipetune.outputs import write_outputs
+    from pipetune.errors import SweepStopped
     from pipetune.runner import SweepOptions, run_sweep
     from pipetune.storage import is_server, usable
     from pipetune.validate import load_spec
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(console)
     try:
         outcome = run_sweep(spec, options, on_event=progress.event)
+    except SweepStopped as stop:
+        progress.stop()
+        paths = write_outputs(stop.outcome)  # results so far, with the failures' reasons
+        _show_failure_logs(stop.outcome, args.debug)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         # Plain print, one line: the command must survive copy and paste from any terminal.
         print(f"interrupted. Finished trials are kept in {out}. Resume with:\n  {resume_command(args, out)}"
@@ -69,7 +76,19 @@ def run(args: argparse.Namespace) -> int:
     # Piped output is not cut to 80 columns: the table is for reading in a log too.
     wide = Console(stderr=args.json, width=None if sys.stdout.isatty() else 160)
     _print_summary(wide, outcome, paths)
+    _show_failure_logs(outcome, args.debug)
     return 0 if outcome.ranking.best is not None else 1
+
+
+def _show_failure_logs(outcome, debug: bool, tail: int = 20) -> None:
+    """Where TensorFlow's own output of each failed trial is; with --debug, its last lines."""
+    logs = [r.environment["log"] for r in outcome.results if r.environment.get("log")]
+    if logs:
+        print(f"TensorFlow's own output of the {len(logs)} failed trial(s) is in "
+              f"{Path(logs[0]).parent}/", file=sys.stderr)
+    for log in logs if debug else []:
+        lines = Path(log).read_text(encoding="utf-8", errors="replace").splitlines()[-tail:]
+        print(f"--- {log} (last {len(lines)} lines)", *lines, sep="\n", file=sys.stderr)
 
 
 def resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -104,10 +123,14 @@ class _Progress:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console)
         self.task = self.bar.add_task("starting", total=None)
-        self.bar.start()
+        self.started = False  # the bar appears with the first event: a refused sweep shows none
 
     def event(self, event) -> None:
         from pipetune.space import describe
+
+        if not self.started:
+            self.bar.start()
+            self.started = True
 
         if event.kind == "planned":
             self.bar.update(self.task, total=event.planned)

@@ -59,7 +59,7 @@ def _quiet_stderr(path: Path) -> None:
 
 
 def measure_all(request: ChildRequest, scratch: Path) -> tuple[tuple[StageMeasurement, ...], ConsumerMeasurement]:
-    from pipetune.validate import on_sys_path
+    from pipetune.user_code import on_sys_path
 
     with on_sys_path(request.spec.base_dir):
         module = _load(request.module_source, scratch)
