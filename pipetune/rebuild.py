@@ -52,10 +52,7 @@ def document_from_study(folder: Path) -> dict[str, Any]:
         raise NoSweepError(f"{database} holds no sweep recorded by this pipetune version")
     facts = summaries[-1].user_attrs[FACTS_ATTR]
     study = optuna.load_study(study_name=summaries[-1].study_name, storage=url)
-    epochs = facts["spec"]["measure"]["epochs_planned"]
-    state = search.SearchState(study=study, board=None, measure=None, full_steps=0, deadline=0.0,
-                               objective=facts["objective"], epochs=epochs)
-    results = search.final_results(state)
+    results = search.finalize(search.stored_results(study.get_trials(deepcopy=False)), {})
     return {
         "objective": facts["objective"], "strategy": facts["strategy"], "mode": facts["mode"],
         "tuning_time_s": sum(r.trial_wall_s or 0.0 for r in results),

@@ -74,13 +74,18 @@ class SearchState:
 
     def results(self) -> dict[tuple[str, int], TrialResult]:
         """Every stored measurement, by (variant key, rung)."""
-        found = {}
-        trials = self.board.stored(lambda: self.study.get_trials(deepcopy=False), "reading the study")
-        for trial in trials:
-            text = trial.user_attrs.get("result")
-            if text:
-                found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
-        return found
+        return stored_results(self.board.stored(lambda: self.study.get_trials(deepcopy=False),
+                                                "reading the study"))
+
+
+def stored_results(trials: list[optuna.trial.FrozenTrial]) -> dict[tuple[str, int], TrialResult]:
+    """The measurements stored in a study's trials, by (variant key, rung)."""
+    found = {}
+    for trial in trials:
+        text = trial.user_attrs.get("result")
+        if text:
+            found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
+    return found
 
 
 def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Study:
@@ -307,14 +312,18 @@ def _seeded_order(variants: list[Variant], seed: int) -> list[Variant]:
 
 def final_results(state: SearchState) -> list[TrialResult]:
     """One result per variant: the full burst if it had one; a short-only one is PRUNED."""
-    results = state.results()
+    return finalize(state.results(), state.skipped)
+
+
+def finalize(results: dict[tuple[str, int], TrialResult], skipped: dict[str, str]) -> list[TrialResult]:
+    """``final_results`` of stored measurements; ``skipped``: why a variant was not run further."""
     full = {key: r for (key, rung), r in results.items() if rung == FULL_RUNG}
     out = list(full.values())
     for (key, rung), result in results.items():
         if rung == SHORT_RUNG and key not in full:
             # Promoted, but the budget ran out before its full burst: say so, not "not in the best third".
-            why = (f"promoted after the short burst, but the full burst was {state.skipped[key]}"
-                   if key in state.skipped else
+            why = (f"promoted after the short burst, but the full burst was {skipped[key]}"
+                   if key in skipped else
                    "stopped after the short burst (successive halving): not in the best third")
             reason = result.reason or why
             state_ = TrialState.PRUNED if result.state is TrialState.COMPLETE else result.state

@@ -242,9 +242,9 @@ def write_bad_data(folder: Path, tf) -> dict[str, Path]:
     image_ops = "preprocess: [{decode_image: {key: image}}, {normalize: {key: image}}]\n"
     specs = {
         "csv": "source: {kind: csv, path: rows.csv, label: y}\ninputs: {features: [x0, x1], label: y}\n"
-               "model: {builtin: mlp}\n",
+               "model: {builtin: mlp, num_classes: 2}\n",
         "tfrecord": "source: {kind: tfrecord, files: text.tfrecord, features: {image: {type: bytes}, "
-                    "label: {type: int64}}}\n" + image_ops + head,
+                    "label: {type: int64}}}\n" + image_ops + head.replace("small_cnn}", "small_cnn, num_classes: 2}"),
         "image_folder": "source: {kind: image_folder, root: images}\n" + image_ops + head,
     }
     paths = {}

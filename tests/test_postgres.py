@@ -258,7 +258,7 @@ def once_each(url: str, name: str, keys: set[str]) -> dict[tuple[str, int], str]
 def running_trial(worker: Worker, out: Path, url: str, name: str) -> bool:
     """The worker holds an unfinished claim whose trial process is past its start-up."""
     mine = [key for key, owner, done in claims(url, name) if not done and f":{worker.process.pid}:" in owner]
-    return any(any(out.glob(f"scratch/trial-{key}-*/trial.log")) for key in mine)
+    return any(any(out.glob(f"logs/trial-{key}-*.log")) for key in mine)  # the child made its log
 
 
 def csv_keys(out: Path) -> list[str]:

@@ -1,6 +1,6 @@
 # best_pipeline.py: the tf.data pipeline pipetune measured fastest for 'golden-demo'
 #
-# Spec:        golden-demo (hash 03e3dcfc3e72cb8e)
+# Spec:        golden-demo (hash aa446664b1b985e1)
 # Generated:   2026-01-02 by pipetune 0.1.0; rank 1 of 5 ranked variants (grid, train mode)
 # Environment: TensorFlow 2.21.0, Keras 3.15.1, Python 3.11.7; CPU Test CPU (2 cores); No NVIDIA GPU (NVML library not found)
 # Variant:     k-8cc6da: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
