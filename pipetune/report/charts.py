@@ -131,7 +131,8 @@ def ceilings_svg(section: DiagnosisSection, chart_id: str) -> str:
         for y, bar in zip(positions, bars):
             if bar.ceiling is None:  # drawn as a word, never as a zero-length bar
                 ax.text(0.005, y, "unknown", transform=ax.get_yaxis_transform(), va="center",
-                        color=MUTED, style="italic")
+                        color=MUTED, style="italic", zorder=4,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
         _ceiling_markers(ax, section)
         ax.set_yticks(positions, [b.label for b in bars])
         for tick, bar in zip(ax.get_yticklabels(), bars):
