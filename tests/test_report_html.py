@@ -9,6 +9,7 @@ controls prove the checks can fail. Screenshots and a print PDF are kept under `
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipetune.documents import SCHEMA_VERSION
 from pipetune.report.html import embedded_json, render_report, thin_monitor, write_report
 from pipetune.results import MonitorReport, MonitorSample, Role, TrialState
 from pipetune.space import Dropped
@@ -31,7 +33,7 @@ from pipetune.spec import PipelineParams
 from test_report_model import CPU_DEVICE, ENV, MS, make_outcome, make_trial, references_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
-SECTIONS = ["verdict", "utilisation", "step-time", "ranking", "what-mattered", "not-ranked", "code",
+SECTIONS = ["verdict", "diagnosis", "utilisation", "step-time", "ranking", "what-mattered", "not-ranked", "code",
             "environment"]
 HOSTILE = "</script><script>window.__pwned=1</script><b id=\"injected\">\"q\" 'q' & ünï — ✓ 😀</b>"
 SPEC = """\
@@ -227,7 +229,7 @@ def test_sweep_writes_a_report_that_loads_clean(real_sweep, browser, tmp_path):
     assert all(has_heading and length > 60 for has_heading, length in sizes), sizes
     assert browser.evaluate(page, "document.querySelectorAll('svg.chart-svg').length") >= 4
     data = browser.evaluate(page, "JSON.parse(document.getElementById('pipetune-results').textContent)")
-    assert data["schema_version"] == 1 and len(data["stored"]["trials"]) == 5
+    assert data["schema_version"] == SCHEMA_VERSION and len(data["stored"]["trials"]) == 5
     colours, inked = image_stats(browser.screenshot(page, tmp_path / "report.png"))
     assert colours > 300 and inked > 0.10, (colours, inked)
 
@@ -287,6 +289,52 @@ def test_an_external_image_slipped_into_the_report_is_caught(browser, tmp_path):
     assert browser.load(page_file).problems != []  # CSP refuses it, and says so
 
 
+# --------------------------------------------------------------------------- diagnosis
+
+# `pipetune diagnose examples/demo.yaml --json` (2 cores, consumer-bound in train mode), with the
+# space, reasons and consumer_bound that the automatic space adds for such a diagnosis.
+DIAGNOSIS = json.loads((Path(__file__).parent / "golden" / "diagnosis.json").read_text())
+
+
+def diagnosis_outcome(tmp_path: Path, diagnosis: dict | None = None):
+    outcome = make_outcome(tmp_path, references_sweep())
+    return dataclasses.replace(outcome, diagnosis=diagnosis or DIAGNOSIS)
+
+
+def test_diagnosis_section_loads_clean(browser, tmp_path):
+    path = write_report(diagnosis_outcome(tmp_path), tmp_path / "report.html", best_code="x = 1\n")
+    page = browser.load(path)
+    assert page.problems == []
+    assert browser.evaluate(page, "[...document.querySelectorAll('section[id]')].map(s => s.id)") == SECTIONS
+    svg = "document.querySelector('#diagnosis svg.chart-svg')"
+    assert browser.evaluate(page, f"{svg}.getAttribute('role')") == "img"
+    assert browser.evaluate(page, f"{svg}.querySelector('title').textContent").startswith("Predicted ceiling")
+    desc = browser.evaluate(page, f"{svg}.querySelector('desc').textContent")
+    assert "mixed precision for the model: unknown" in desc and "the consumer's ceiling: 7,443" in desc
+    words = browser.evaluate(page, f"[...{svg}.querySelectorAll('text')].map(t => t.textContent)")
+    assert "unknown" in words  # the lever without a ceiling is a word on the chart, not a 0 bar
+    rows = browser.evaluate(page, "[...document.querySelectorAll('#diagnosis table')[1].tBodies[0].rows]"
+                                  ".map(r => r.cells[0].innerText.split('\\n')[0])")
+    assert rows == ["read", "parse", "decode_image(image)", "resize(image)", "random_flip(image) random",
+                    "normalize(image)"]
+    text = browser.evaluate(page, "document.getElementById('diagnosis').innerText")
+    assert DIAGNOSIS["bottleneck"]["sentence"] in text
+    assert ("Predicted for the pick: 7,443 examples/s; measured: 32,000 examples/s "
+            "(4.30× the prediction)") in text
+    assert "the consumer's levers instead" in text and "batch_size over 64, 128" in text
+    narrow = browser.load(path, width=390, height=844)
+    assert narrow.problems == []
+    assert browser.evaluate(narrow, "document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_a_hand_listed_space_says_why_there_is_no_diagnosis(tmp_path):
+    html = render_report(make_outcome(tmp_path, references_sweep()), best_code="x = 1\n")
+    section = html.split('<section id="diagnosis">')[1].split("</section>")[0]
+    assert "listed by hand" in section and "pipetune diagnose data.yaml" in section
+    assert "<svg" not in section
+    assert html.index('id="verdict"') < html.index('id="diagnosis"') < html.index('id="ranking"')
+
+
 # --------------------------------------------------------------------------- escaping
 
 
@@ -298,7 +346,12 @@ def hostile_outcome(tmp_path: Path):
               make_trial("crashy", [], state=TrialState.FAILED, reason=HOSTILE, cache="memory")]
     device = type(CPU_DEVICE)("CPU " + HOSTILE, 2, False, accelerator_note=HOSTILE)
     dropped = [Dropped(PipelineParams(precision="mixed_float16"), HOSTILE)]
-    return make_outcome(tmp_path, trials, dropped=dropped, device=device)
+    outcome = make_outcome(tmp_path, trials, dropped=dropped, device=device)
+    diagnosis = {**DIAGNOSIS, "bottleneck": {"kind": "compute", "stage": HOSTILE, "sentence": HOSTILE},
+                 "reasons": [HOSTILE], "space": {HOSTILE: [HOSTILE, 1]},
+                 "levers": [{"lever": HOSTILE, "stage": HOSTILE, "ceiling": 10.0, "note": HOSTILE}],
+                 "stages": [{**DIAGNOSIS["stages"][0], "name": HOSTILE}]}
+    return dataclasses.replace(outcome, diagnosis=diagnosis)
 
 
 def test_hostile_strings_render_as_text(browser, tmp_path):
@@ -313,7 +366,8 @@ def test_hostile_strings_render_as_text(browser, tmp_path):
     assert browser.evaluate(page, "document.querySelectorAll('script').length") == 2
     assert browser.evaluate(page, "document.querySelectorAll('b').length") == 0
     text = browser.evaluate(page, "document.body.innerText")
-    assert text.count(HOSTILE) >= 5  # reason, dropped reason, note, environment, code
+    # reason, dropped reason, note, environment, code; the diagnosis' sentence, reason, stage, lever
+    assert text.count(HOSTILE) >= 9
     reason = browser.evaluate(page, "JSON.parse(document.getElementById('pipetune-results')"
                                     ".textContent).stored.trials.find(t => t.key === 'crashy').reason")
     assert reason == HOSTILE

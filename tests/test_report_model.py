@@ -6,6 +6,7 @@ back-to-back steps, so its wall time is ``STEPS * (step + wait)``.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from conftest import make_spec
 from pipetune.device import Device, Gpu
 from pipetune.ranking import rank
+from pipetune.report.diagnosis import build_diagnosis, needs_log_scale
 from pipetune.report.model import build_report, build_verdict
 from pipetune.report.rows import effect_rows, step_breakdown, unrun_rows
 from pipetune.report.timelines import HOST_BUSY_NOTE, downsample, timeline
@@ -282,6 +284,92 @@ def test_downsample_averages_consecutive_buckets():
     assert downsample([1.0], [2.0], max_points=4) == ((1.0,), (2.0,))
     with pytest.raises(ValueError):
         downsample([], [], max_points=0)
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def stage_document(name: str, kind: str, sequential: float | None, parallel: float | None,
+                   wall_s: float, cpu_s: float, speedup: float | None, random: bool = False) -> dict:
+    return {"name": name, "kind": kind, "random": random, "element_bytes": 1536.0,
+            "cumulative": {"sequential": {"rate": sequential, "parallelism": 1},
+                           "parallel": {"rate": parallel, "parallelism": 4}},
+            "alone": {"wall_s": wall_s, "cpu_s": cpu_s, "rate_1": 1 / wall_s, "speedup": speedup,
+                      "blocking": wall_s > 2 * cpu_s, "ceiling": None}}
+
+
+def diagnosis_document(consumer_rate: float | None = 20_000.0) -> dict:
+    """A blocking read, then a random op; as ``diagnosis_document`` + ``auto_space`` write it."""
+    sentence = "blocking I/O in `read`: each element waits 1.00 ms"
+    return {
+        "cores": 2, "shards": 8, "measure_seconds": 12.5, "measured_rate": 900.0, "predicted_rate": 40_000.0,
+        "bottleneck": {"kind": "blocking_io", "stage": "read", "sentence": sentence},
+        "consumer": {"mode": "train", "batch_size": 32, "rate": consumer_rate},
+        "stages": [stage_document("read", "read", 1000.0, 3900.0, 1e-3, 1e-4, 3.9),
+                   stage_document("random_flip(image)", "op", 950.0, None, 5e-5, 5e-5, None, random=True)],
+        "levers": [{"lever": "the consumer (training step)", "stage": None, "ceiling": consumer_rate,
+                    "note": "train_on_batch"},
+                   {"lever": "parallel interleave, 16 calls", "stage": "read", "ceiling": 200_000.0,
+                    "note": "Little's law"},
+                   {"lever": "cache after read", "stage": "read", "ceiling": 1000.0, "note": "fits"},
+                   {"lever": "mixed precision for the model", "stage": None, "ceiling": None,
+                    "note": "gain unknown until measured"}],
+        "space": {"shards": [16], "deterministic": [True, False]},
+        "reasons": [f"diagnosis: {sentence}", "blocking reads: 16 files read at once"],
+        "consumer_bound": False,
+    }
+
+
+def test_a_hand_listed_space_has_no_diagnosis(tmp_path):
+    assert build_diagnosis(None) is None
+    assert build_report(make_outcome(tmp_path, references_sweep())).diagnosis is None
+
+
+def test_diagnosis_section_by_hand(tmp_path):
+    outcome = dataclasses.replace(make_outcome(tmp_path, references_sweep()),
+                                  diagnosis=diagnosis_document())
+    d = build_report(outcome).diagnosis
+    assert (d.bottleneck_kind, d.bottleneck_stage) == ("blocking_io", "read")
+    assert (d.cores, d.shards, d.measure_s, d.diagnosed_rate) == (2, 8, 12.5, 900.0)
+    # The pick is the winner: 32 examples per 1 ms step; the diagnosis predicted 40,000/s.
+    assert (d.predicted_rate, d.pick_measured_rate) == pytest.approx((40_000.0, 32_000.0))
+    assert d.measured_over_predicted == pytest.approx(0.8)
+    read, flip = d.stages
+    assert (read.name, read.kind, read.random, read.waits) == ("read", "read", False, True)
+    assert (read.sequential_rate, read.parallel_rate, read.parallelism) == (1000.0, 3900.0, 4)
+    assert (read.alone_rate, read.wall_s, read.cpu_s, read.speedup) == pytest.approx((1000, 1e-3, 1e-4, 3.9))
+    assert read.element_bytes == 1536.0
+    assert (flip.random, flip.waits, flip.parallel_rate, flip.speedup) == (True, False, None, None)
+    assert [(b.label, b.ceiling, b.lowest) for b in d.levers] == [
+        ("the consumer (training step)", 20_000.0, False),
+        ("parallel interleave, 16 calls: read", 200_000.0, False),
+        ("cache after read", 1000.0, True),  # the stage is in the lever's name already
+        ("mixed precision for the model", None, False)]  # unknown, not 0
+    assert d.consumer_rate == 20_000.0 and d.consumer_mode == "train"
+    assert d.log_scale  # 1,000 to 200,000: 200x
+    assert d.reasons == ("blocking reads: 16 files read at once",)  # the sentence is shown once
+    assert d.searched == (("deterministic", ("true", "false")),) and d.fixed == (("shards", "16"),)
+
+
+def test_diagnosis_without_a_consumer_or_a_pick_says_unknown():
+    document = {**diagnosis_document(consumer_rate=None), "predicted_rate": None,
+                "pick_measured_rate": None, "levers": [{"lever": "x", "ceiling": float("inf")}]}
+    d = build_diagnosis(document)
+    assert (d.consumer_rate, d.predicted_rate, d.pick_measured_rate, d.measured_over_predicted) == (
+        None, None, None, None)
+    assert [(b.label, b.ceiling, b.lowest) for b in d.levers] == [("x", None, False)]
+    assert not d.log_scale
+    assert build_diagnosis({}).stages == () and build_diagnosis({}).levers == ()
+
+
+@pytest.mark.parametrize("values, log", [
+    ([1.0, 100.0], False),  # exactly 100x: linear
+    ([1.0, 100.5], True),
+    ([None, 0.0, 5.0, 600.0], True),  # unknown and zero values are left out
+    ([None], False),
+])
+def test_log_scale_only_beyond_a_hundredfold_span(values, log):
+    assert needs_log_scale(values) is log
 
 
 # --------------------------------------------------------------------------- whole report

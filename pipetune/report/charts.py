@@ -17,6 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from pipetune.report.diagnosis import DiagnosisSection
 from pipetune.report.rows import EffectRow, StepBreakdown
 from pipetune.report.timelines import Timeline
 
@@ -30,6 +31,7 @@ ROLE_COLOURS = {
 }
 INPUT_WAIT_COLOUR = "#E69F00"
 COMPUTE_COLOUR = "#A9B8C6"
+LOWEST_CEILING_COLOUR = "#64748B"  # the lever whose ceiling binds
 INK, MUTED, GRID, SHADE = "#1F2937", "#4B5563", "#E5E7EB", "#EEF2F6"
 WIDTH_IN = 9.0
 _STYLE = {
@@ -113,8 +115,71 @@ def effects_svg(rows: Sequence[EffectRow], chart_id: str) -> str:
         return svg_text(figure, chart_id, "Effect of each dimension on throughput")
 
 
-def svg_text(figure: Figure, chart_id: str, title: str) -> str:
-    """The figure as an ``<svg>`` element that can sit inline in HTML next to other charts."""
+def ceilings_svg(section: DiagnosisSection, chart_id: str) -> str:
+    """Roofline-style bars: each lever's predicted ceiling, with the consumer and the pick as lines."""
+    bars = section.levers
+    with matplotlib.rc_context(_STYLE):
+        figure = Figure(figsize=(WIDTH_IN, 1.0 + 0.26 * len(bars)), layout="constrained")
+        ax = figure.subplots()
+        positions = list(range(len(bars)))
+        known = [(y, b) for y, b in zip(positions, bars) if b.ceiling is not None]
+        ax.barh([y for y, _ in known], [b.ceiling for _, b in known], height=0.62,
+                color=[LOWEST_CEILING_COLOUR if b.lowest else COMPUTE_COLOUR for _, b in known])
+        if section.log_scale:
+            ax.set_xscale("log")
+        _ceiling_limits(ax, section)
+        for y, bar in zip(positions, bars):
+            if bar.ceiling is None:  # drawn as a word, never as a zero-length bar
+                ax.text(0.005, y, "unknown", transform=ax.get_yaxis_transform(), va="center",
+                        color=MUTED, style="italic", zorder=4,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+        _ceiling_markers(ax, section)
+        ax.set_yticks(positions, [b.label for b in bars])
+        for tick, bar in zip(ax.get_yticklabels(), bars):
+            if bar.lowest:
+                tick.set_fontweight("bold")
+        ax.set_ylim(len(bars) - 0.5, -0.5)
+        ax.grid(axis="y", visible=False)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.set_xlabel("predicted ceiling (examples/s" + (", log scale)" if section.log_scale else ")"))
+        return svg_text(figure, chart_id, "Predicted ceiling of each lever (examples/s)",
+                        _ceilings_description(section))
+
+
+def _ceiling_limits(ax, section: DiagnosisSection) -> None:
+    values = [b.ceiling for b in section.levers] + [section.consumer_rate, section.pick_measured_rate]
+    positive = [v for v in values if v is not None and v > 0] or [1.0]
+    if section.log_scale:
+        ax.set_xlim(min(positive) / 1.6, max(positive) * 1.6)
+    else:
+        ax.set_xlim(0, max(positive) * 1.08)
+
+
+def _ceiling_markers(ax, section: DiagnosisSection) -> None:
+    if section.consumer_rate is not None:
+        ax.axvline(section.consumer_rate, color=INK, lw=1.2, ls="--", label="the consumer's ceiling")
+    if section.pick_measured_rate is not None:
+        ax.axvline(section.pick_measured_rate, color=ROLE_COLOURS["winner"], lw=1.6,
+                   label="the pick, measured")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, borderaxespad=0.2)
+
+
+def _ceilings_description(section: DiagnosisSection) -> str:
+    parts = [f"{b.label}: {'unknown' if b.ceiling is None else f'{b.ceiling:,.0f}'}"
+             for b in section.levers]
+    if section.consumer_rate is not None:
+        parts.append(f"the consumer's ceiling: {section.consumer_rate:,.0f}")
+    if section.pick_measured_rate is not None:
+        parts.append(f"the pick, measured: {section.pick_measured_rate:,.0f}")
+    return "Examples/s. " + "; ".join(parts) + "."
+
+
+def svg_text(figure: Figure, chart_id: str, title: str, description: str = "") -> str:
+    """The figure as an ``<svg>`` element that can sit inline in HTML next to other charts.
+
+    ``title`` becomes its accessible name; ``description``, when given, a ``<desc>`` child.
+    """
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None,
                                                    "Type": None})
@@ -126,8 +191,13 @@ def svg_text(figure: Figure, chart_id: str, title: str) -> str:
     svg = re.sub(r' transform="rotate\(-?0 [^"]*\)"', "", svg)  # no-op rotations of tick labels
     svg = re.sub(r'(\s[\w:-]+=")([^"]*)"', _rounded_attribute, svg)
     svg = re.sub(r">\s+<", "><", svg)
-    return _scoped_ids(svg, chart_id).replace(
+    svg = _scoped_ids(svg, chart_id).replace(
         "<svg ", f'<svg class="chart-svg" role="img" aria-label="{_attribute(title)}" ', 1)
+    if description:
+        opening = svg.index(">") + 1
+        labels = f"<title>{_attribute(title)}</title><desc>{_attribute(description)}</desc>"
+        svg = svg[:opening] + labels + svg[opening:]
+    return svg
 
 
 def _scoped_ids(svg: str, chart_id: str) -> str:

@@ -193,6 +193,8 @@ def _charts(report: Report) -> dict[str, Any]:
         "timelines": [charts.timeline_svg(t, f"timeline-{i}") for i, t in enumerate(report.timelines)],
         "steps": charts.steps_svg(report.steps, "steps") if report.steps else "",
         "effects": charts.effects_svg(report.effects, "effects") if report.effects else "",
+        "ceilings": (charts.ceilings_svg(report.diagnosis, "ceilings")
+                     if report.diagnosis and report.diagnosis.levers else ""),
     }
 
 
@@ -203,7 +205,8 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters.update(ratio=format_ratio, percent=format_percent, duration=format_duration,
                                size=format_bytes, rate=format_rate, value=format_value,
-                               cpu=format_cpu, dimension=short_dimension)
+                               cpu=format_cpu, dimension=short_dimension,
+                               element_size=format_element_bytes, per_element=format_per_element)
     return environment
 
 
@@ -240,6 +243,26 @@ def format_bytes(count: int | None) -> str:
     if count is None:
         return "—"
     return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def format_element_bytes(count: float | None) -> str:
+    """An element's size: 3256 -> "3.2 KiB"; whole bytes below 1 KiB."""
+    if count is None:
+        return "—"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def format_per_element(seconds: float | None) -> str:
+    """Time per element, about three significant digits: 2.034e-05 -> "20.3 µs"."""
+    if seconds is None:
+        return "—"
+    value, unit = ((seconds, "s") if seconds >= 1 else (seconds * 1e3, "ms") if seconds >= 1e-3
+                   else (seconds * 1e6, "µs"))
+    digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{digits}f} {unit}"
 
 
 def format_rate(value: float | None) -> str:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipetune import stats
+from pipetune.documents import diagnosis_summary
 from pipetune.ranking import Comparison, RankedTrial
+from pipetune.report.diagnosis import DiagnosisSection, build_diagnosis
 from pipetune.report.rows import (
     EffectRow,
     RankRow,
@@ -136,6 +138,7 @@ class Report:
     effects_not_shown: int
     unrun: tuple[UnrunRow, ...]
     environment: tuple[tuple[str, str], ...]
+    diagnosis: DiagnosisSection | None = None  # None: the space was listed by hand
 
 
 def build_report(outcome: SweepOutcome) -> Report:
@@ -155,7 +158,7 @@ def build_report(outcome: SweepOutcome) -> Report:
         rows=tuple(rank_row(r, varying, winner_key, epochs) for r in ranking.ranked),
         effects=effects[:MAX_EFFECTS], effects_not_shown=max(0, len(effects) - MAX_EFFECTS),
         unrun=unrun_rows(outcome.ranking.unranked, outcome.dropped),
-        environment=environment_facts(outcome),
+        environment=environment_facts(outcome), diagnosis=build_diagnosis(diagnosis_summary(outcome)),
     )
 
 
