@@ -77,12 +77,15 @@ class Plan:
         stages += _vectorized_stages(params, ops) if params.vectorized_map else _element_stages(
             params, has_random=first_random < len(ops))
         stages += [Stage("options", ("ds = ds.with_options(make_options())",)), _to_device_stage(params)]
-        prepare = (("prepare_batch", "records", "example = tf.io.parse_example(records, FEATURES)")
-                   if params.vectorized_map else
-                   ("prepare", "record", "example = tf.io.parse_single_example(record, FEATURES)"))
+        if params.vectorized_map:  # every op acts per batch (checked above): all of them, on batches
+            prepare = _function("prepare_batch", "records", ops, aliases, start=0,
+                                first_line="example = tf.io.parse_example(records, FEATURES)")
+        else:
+            prepare = _function("prepare", "record", ops[:first_random], aliases, start=0,
+                                first_line="example = tf.io.parse_single_example(record, FEATURES)")
         definitions = [
             _constants(spec, params, data),
-            _function(*prepare[:2], ops[:first_random], aliases, start=0, first_line=prepare[2]),
+            prepare,
             _to_inputs(spec),
             _options_function(params),
             _precision_function(),
