@@ -20,7 +20,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Compression = Literal["none", "gzip", "zlib"]
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
-CacheKind = Literal["none", "memory", "disk"]
+CacheKind = Literal["none", "memory", "disk", "snapshot"]
 Autotune = Literal["autotune"]
 
 # TensorFlow's compression_type for each spec value (TFRecordDataset, TFRecordOptions).
@@ -70,8 +70,15 @@ DIMENSIONS: tuple[Dimension, ...] = (
               lambda v: f"interleave block {v}"),
     Dimension("interleave_parallel", bool, True, (True,), "par. il.", "read", False,
               lambda v: "parallel interleave" if v else "serial interleave"),
+    # TFRecordDataset(num_parallel_reads=N): N files read at once, records taken from each in
+    # turn. Only for a sequential read (space.canonical pins it to 1 under an interleave).
+    Dimension("parallel_reads", PositiveInt | Autotune, 1, (1,), "par. reads", "read", False,
+              lambda v: "one file read at a time" if v == 1 else f"parallel reads {v}"),
     Dimension("map_parallel", PositiveInt | Autotune, 1, (1, "autotune"), "map", "prepare", False,
               lambda v: "sequential map" if v == 1 else f"parallel map {v}", always_described=True),
+    # Batch first, then parse and run the ops on whole batches (space.py says when that is valid).
+    Dimension("vectorized_map", bool, False, (False,), "vect.", "prepare", False,
+              lambda v: "parse and ops on whole batches" if v else "parse and ops per element"),
     Dimension("cache", CacheKind, "none", ("none", "memory"), "cache", "cache", False,
               lambda v: "no cache" if v == "none" else f"{v} cache"),
     Dimension("shuffle_buffer", NonNegativeInt, 0, (1024,), "shuffle", "shuffle", True,
@@ -82,8 +89,15 @@ DIMENSIONS: tuple[Dimension, ...] = (
               lambda v: "drop the last partial batch" if v else "keep the last partial batch"),
     Dimension("prefetch", NonNegativeInt | Autotune, 0, (0, "autotune"), "prefetch", "prefetch", False,
               lambda v: "no prefetch" if v == 0 else f"prefetch {v}", always_described=True),
+    # The last transformation: batches are copied to the GPU ahead of the step (GPU only).
+    Dimension("prefetch_to_device", bool, False, (False,), "to GPU", "prefetch_to_device", False,
+              lambda v: "prefetch to the GPU" if v else "no prefetch to the GPU"),
     Dimension("precision", Precision, "float32", ("float32",), "precision", "model", True,
               lambda v: v),
+    # The consumer, not the pipeline: model.compile(jit_compile=...), XLA for the model's step.
+    # Its default is the spec's model.jit_compile (spec.py); pipetune's builtin models use it.
+    Dimension("jit_compile", bool, False, (False,), "XLA", "model", False,
+              lambda v: "model compiled with XLA (jit_compile)" if v else "model without XLA"),
     Dimension("deterministic", bool, True, (True,), "determ.", "options", True,
               lambda v: "deterministic order" if v else "non-deterministic order"),
     Dimension("private_threadpool_size", NonNegativeInt, 0, (0,), "pool", "options", False,

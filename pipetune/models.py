@@ -40,8 +40,12 @@ def configure_tensorflow() -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def build_model(spec: Spec, input_shape: tuple[int, ...], precision: str) -> Any:
-    """A compiled Keras model for ``spec.model`` under ``precision``; the output stays float32."""
+def build_model(spec: Spec, input_shape: tuple[int, ...], precision: str, jit_compile: bool) -> Any:
+    """A compiled Keras model for ``spec.model`` under ``precision``; the output stays float32.
+
+    ``jit_compile`` is the variant's (the jit_compile dimension). A user model that arrives
+    compiled keeps its own setting.
+    """
     import keras
 
     keras.mixed_precision.set_global_policy(precision)
@@ -53,7 +57,7 @@ def build_model(spec: Spec, input_shape: tuple[int, ...], precision: str) -> Any
     if not model.compiled:
         loss = "mse" if outputs == 1 else "sparse_categorical_crossentropy"
         model.compile(optimizer=keras.optimizers.Adam(spec.model.learning_rate), loss=loss,
-                      jit_compile=spec.model.jit_compile)
+                      jit_compile=jit_compile)
     return model
 
 

@@ -63,34 +63,29 @@ class Plan:
     def from_variant(cls, spec: Spec, params: PipelineParams, data: DataLayout) -> Plan:
         """Order the stages: list files (shuffled each epoch when shuffling), read, shuffle,
         prepare (parse + deterministic ops), cache, augment (from the first random op on),
-        model inputs, batch, prefetch, options.
+        model inputs, batch, prefetch, options, prefetch to the GPU.
 
         The element shuffle sits where its buffer is cheapest without changing what the model
         sees: on serialized records before parsing when nothing is cached (``prepare`` is
         deterministic per element), else right after the cache so every epoch is reshuffled.
+        A vectorised map batches the shuffled records first, then prepares whole batches.
         """
         ops = spec.ops
         first_random = next((i for i, op in enumerate(ops) if op.is_random), len(ops))
         aliases = {i: f"user_fn_{i}" for i, op in enumerate(ops) if isinstance(op, Call)}
-        shuffle = Stage("shuffle", (f"ds = ds.shuffle({params.shuffle_buffer!r}, seed=SHUFFLE_SEED)",),
-                        random=True, training_only=True)
         stages = _read_stages(params, spec.storage.read_latency_ms)
-        if params.shuffle_buffer and params.cache == "none":
-            stages.append(shuffle)
-        stages.append(_map_stage("prepare", params))
-        if params.cache != "none":
-            stages.append(_cache_stage(params))
-            if params.shuffle_buffer:
-                stages.append(shuffle)
-        if first_random < len(ops):
-            stages.append(_map_stage("augment", params, random=True,
-                                     function="lambda example: augment(example, training)"))
-        stages += [_map_stage("to_model_inputs", params), _batch_stage(params), _prefetch_stage(params)]
-        stages.append(Stage("options", ("ds = ds.with_options(make_options())",)))
+        stages += _vectorized_stages(params, ops) if params.vectorized_map else _element_stages(
+            params, has_random=first_random < len(ops))
+        stages += [Stage("options", ("ds = ds.with_options(make_options())",)), _to_device_stage(params)]
+        if params.vectorized_map:  # every op acts per batch (checked above): all of them, on batches
+            prepare = _function("prepare_batch", "records", ops, aliases, start=0,
+                                first_line="example = tf.io.parse_example(records, FEATURES)")
+        else:
+            prepare = _function("prepare", "record", ops[:first_random], aliases, start=0,
+                                first_line="example = tf.io.parse_single_example(record, FEATURES)")
         definitions = [
             _constants(spec, params, data),
-            _function("prepare", "record", ops[:first_random], aliases, start=0,
-                      first_line="example = tf.io.parse_single_example(record, FEATURES)"),
+            prepare,
             _to_inputs(spec),
             _options_function(params),
             _precision_function(),
@@ -177,6 +172,39 @@ def _num(value: int | str) -> str:
     return _AUTOTUNE if value == "autotune" else repr(value)
 
 
+def _shuffle_stage(params: PipelineParams) -> Stage:
+    return Stage("shuffle", (f"ds = ds.shuffle({params.shuffle_buffer!r}, seed=SHUFFLE_SEED)",),
+                 random=True, training_only=True)
+
+
+def _element_stages(params: PipelineParams, has_random: bool) -> list[Stage]:
+    """Parse and run the ops per element, then batch."""
+    stages = [_shuffle_stage(params)] if params.shuffle_buffer and params.cache == "none" else []
+    stages.append(_map_stage("prepare", params))
+    if params.cache != "none":
+        stages.append(_cache_stage(params))
+        if params.shuffle_buffer:
+            stages.append(_shuffle_stage(params))
+    if has_random:
+        stages.append(_map_stage("augment", params, random=True,
+                                 function="lambda example: augment(example, training)"))
+    return [*stages, _map_stage("to_model_inputs", params), _batch_stage(params), _prefetch_stage(params)]
+
+
+def _vectorized_stages(params: PipelineParams, ops: Sequence) -> list[Stage]:
+    """Shuffle the records, batch them, then parse and run the ops on whole batches."""
+    check_per_batch(ops, params.cache)
+    shuffle = [_shuffle_stage(params)] if params.shuffle_buffer else []
+    return [*shuffle, _batch_stage(params), _map_stage("prepare", params, function="prepare_batch"),
+            _map_stage("to_model_inputs", params), _prefetch_stage(params)]
+
+
+def check_per_batch(ops: Sequence, cache: str) -> None:
+    """Guard for the validity rule: a vectorised map runs only ops that act alike per batch."""
+    if cache != "none" or not all(op.acts_per_batch for op in ops):
+        raise ValueError("a vectorised map needs no cache and only ops that act the same per batch")
+
+
 def _read_stages(params: PipelineParams, latency_ms: float = 0.0) -> list[Stage]:
     """List the files (in a new seeded order each epoch when the data is shuffled), then read."""
     stages = [Stage("list_files", ("files = tf.data.Dataset.list_files(file_pattern, shuffle=False)",))]
@@ -190,8 +218,13 @@ def _read_stages(params: PipelineParams, latency_ms: float = 0.0) -> list[Stage]
 def _read_stage(params: PipelineParams, latency_ms: float = 0.0) -> Stage:
     # Simulated storage: each file is read as one stream that waits per record.
     slow = f".map(lambda record: wait_then_pass(record, {latency_ms / 1000.0!r}))" if latency_ms else ""
-    if params.interleave_cycle == 1:
+    if params.interleave_cycle == 1 and params.parallel_reads == 1:
         return Stage("read", (f"ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION){slow}",))
+    if params.interleave_cycle == 1 and not slow:
+        return Stage("read", _call("ds = tf.data.TFRecordDataset", [
+            "files", "compression_type=COMPRESSION", f"num_parallel_reads={_num(params.parallel_reads)}"]))
+    if params.interleave_cycle == 1:
+        return _parallel_reads_spelled_out(params, slow)
     parallel = _AUTOTUNE if params.interleave_parallel else "None"
     return Stage("read", tuple(_call("ds = files.interleave", [
         f"lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION){slow}",
@@ -202,15 +235,35 @@ def _read_stage(params: PipelineParams, latency_ms: float = 0.0) -> Stage:
     ])))
 
 
+def _parallel_reads_spelled_out(params: PipelineParams, slow: str) -> Stage:
+    """TFRecordDataset(num_parallel_reads=N) is this interleave (TF's readers.py): cycle N, block
+    1, N parallel calls, always in order for a number, following the options for AUTOTUNE.
+    Written out so the simulated wait sits inside each file's stream."""
+    reads = params.parallel_reads
+    return Stage("read", (
+        f"# num_parallel_reads={_num(reads)} spelled out, so the simulated storage waits per file",
+        *_call("ds = files.interleave", [
+            f"lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION){slow}",
+            f"cycle_length={_num(reads)}",
+            "block_length=1",
+            f"num_parallel_calls={_num(reads)}",
+            f"deterministic={params.deterministic if reads == 'autotune' else True!r}",
+        ])))
+
+
 def _map_stage(name: str, params: PipelineParams, random: bool = False, function: str = "") -> Stage:
     lines = _call("ds = ds.map", [function or name, f"num_parallel_calls={_num(params.map_parallel)}",
                                   f"deterministic={params.deterministic!r}"])
     return Stage(name, lines, random=random)
 
 
+_CACHE_LINES = {"memory": "ds = ds.cache()", "disk": "ds = ds.cache(cache_path)",
+                # First epoch writes a snapshot in the folder cache_path, later ones read it.
+                "snapshot": "ds = ds.snapshot(cache_path)"}
+
+
 def _cache_stage(params: PipelineParams) -> Stage:
-    line = "ds = ds.cache()" if params.cache == "memory" else "ds = ds.cache(cache_path)"
-    return Stage("cache", (line,))
+    return Stage("cache", (_CACHE_LINES[params.cache],))
 
 
 def _batch_stage(params: PipelineParams) -> Stage:
@@ -224,6 +277,13 @@ def _prefetch_stage(params: PipelineParams) -> Stage:
     return Stage("prefetch", (f"ds = ds.prefetch({_num(params.prefetch)})",))
 
 
+def _to_device_stage(params: PipelineParams) -> Stage:
+    # Must be the last transformation; after with_options so the options reach the CPU side.
+    if not params.prefetch_to_device:
+        return Stage("prefetch_to_device", ())
+    return Stage("prefetch_to_device", ("ds = ds.apply(tf.data.experimental.prefetch_to_device('/gpu:0'))",))
+
+
 def _constants(spec: Spec, params: PipelineParams, data: DataLayout) -> str:
     features = "\n".join(
         f"    {name!r}: tf.io.FixedLenFeature({list(f.shape)!r}, {_TF_TYPES[f.type]}),"
@@ -232,7 +292,7 @@ def _constants(spec: Spec, params: PipelineParams, data: DataLayout) -> str:
     return "\n".join([
         f"FILE_PATTERN = {data.file_pattern!r}",
         f"COMPRESSION = {TF_COMPRESSION[data.compression]!r}",
-        f"CACHE_PATH = {'pipetune-cache-' + spec.name!r}  # used only by a disk cache",
+        f"CACHE_PATH = {'pipetune-cache-' + spec.name!r}  # used only by a disk or snapshot cache",
         f"PRECISION_POLICY = {params.precision!r}",
         f"SHUFFLE_SEED = {spec.search.seed!r}  # file and element order: a new order each epoch, reproducible",
         "FEATURES = {", features, "}",

@@ -6,6 +6,7 @@ Invalid points are never run: they are dropped before the sweep with a reason a 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -13,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipetune.device import Device
-from pipetune.dimensions import describe_values
+from pipetune.dimensions import BY_NAME, describe_values
 from pipetune.results import Role
-from pipetune.spec import DecodeImage, Normalize, PipelineParams, Resize, Spec
+from pipetune.spec import OP_TYPES, DecodeImage, Normalize, Op, PipelineParams, Resize, Spec
 
 # Parameters that mean nothing without interleave; pinned so equal pipelines get one key.
 _INTERLEAVE_ONLY = ("interleave_block", "interleave_parallel")
@@ -54,20 +55,28 @@ class SpaceFacts:
     device: Device
     cache_bytes_estimate: int | None = None  # decoded size of the cached dataset
     ram_budget_bytes: int = 8 * 2**30
+    ops: tuple[Op, ...] = ()  # the spec's preprocess ops (enumerate_space fills them in)
 
 
 def variant_key(params: PipelineParams) -> str:
-    """Canonical key: a hash of the sorted parameters. Equal pipelines have equal keys."""
-    text = json.dumps(canonical(params).model_dump(mode="json"), sort_keys=True)
+    """Canonical key: a hash of the sorted parameters that differ from the registry's defaults.
+    Equal pipelines have equal keys, and adding a lever (at its default) changes no stored key."""
+    values = canonical(params).model_dump(mode="json")
+    text = json.dumps({name: value for name, value in values.items() if value != BY_NAME[name].default},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def canonical(params: PipelineParams) -> PipelineParams:
     """Pin parameters that have no effect, so two spellings of one pipeline are one variant."""
-    if params.interleave_cycle == 1:
-        defaults = PipelineParams()
-        return params.model_copy(update={k: getattr(defaults, k) for k in _INTERLEAVE_ONLY})
-    return params
+    defaults = PipelineParams()
+    # Interleave knobs mean nothing for a sequential read, parallel_reads nothing under an
+    # interleave (it is the sequential read's parallelism), fusion nothing when the map
+    # follows the batch.
+    pinned = _INTERLEAVE_ONLY if params.interleave_cycle == 1 else ("parallel_reads",)
+    if params.vectorized_map:
+        pinned += ("map_and_batch_fusion",)
+    return params.model_copy(update={k: getattr(defaults, k) for k in pinned})
 
 
 def reference_variants(spec: Spec, device: Device) -> list[Variant]:
@@ -81,9 +90,11 @@ def reference_variants(spec: Spec, device: Device) -> list[Variant]:
     dims = spec.search.space.dimensions()
     first = {name: values[0] for name, values in dims.items()}
     base = PipelineParams(**first).model_copy(update={"cache": "none", "precision": "float32"})
+    # Both process per element and stay on the host, as the pipelines users write do.
+    base = base.model_copy(update={"vectorized_map": False, "prefetch_to_device": False})
     naive = base.model_copy(update={
-        "shards": min(dims["shards"]), "interleave_cycle": 1, "map_parallel": 1, "prefetch": 0,
-        "private_threadpool_size": 0,
+        "shards": min(dims["shards"]), "interleave_cycle": 1, "parallel_reads": 1, "map_parallel": 1,
+        "prefetch": 0, "private_threadpool_size": 0,
     })
     most_shards = max(dims["shards"])  # parallel interleave needs files to interleave
     autotune = base.model_copy(update={
@@ -100,6 +111,7 @@ def reference_variants(spec: Spec, device: Device) -> list[Variant]:
 def enumerate_space(spec: Spec, facts: SpaceFacts) -> tuple[list[Variant], list[Dropped]]:
     """Every valid candidate of the spec's space (deduplicated), and the dropped points."""
     dims = spec.search.space.dimensions()
+    facts = dataclasses.replace(facts, ops=spec.ops)
     valid: dict[str, Variant] = {}
     dropped: dict[str, Dropped] = {}
     for values in itertools.product(*dims.values()):
@@ -124,6 +136,39 @@ def interleave_over_one_shard(params: PipelineParams, facts: SpaceFacts) -> str 
     return None
 
 
+def parallel_reads_over_one_shard(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    if params.shards == 1 and params.parallel_reads != 1:
+        return "parallel reads over a single shard read one file: nothing to read in parallel"
+    return None
+
+
+def vectorized_map_needs_per_batch_ops(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    """Batch-then-map gives the same batches only if every op acts alike on a batch, and no
+    cache sits after the batch (it would hold whole batches and replay them every epoch)."""
+    if not params.vectorized_map:
+        return None
+    if params.cache != "none":
+        return (f"vectorised map needs cache none, but got {params.cache}: a cache after the batch "
+                "would replay the first epoch's batches every epoch")
+    blocking = next((op for op in facts.ops if not op.acts_per_batch), None)
+    if blocking is not None:
+        return f"vectorised map needs every op to act per batch, but {op_words(blocking)} does not"
+    return None
+
+
+def op_words(op: Op) -> str:
+    """An op as a user wrote it, e.g. ``decode_image(image)``."""
+    name = next(name for name, kind in OP_TYPES.items() if isinstance(op, kind))
+    what = getattr(op, "key", None) or getattr(op, "fn", None)
+    return f"{name}({what})" if what else name
+
+
+def prefetch_to_device_needs_gpu(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    if params.prefetch_to_device and not facts.device.has_gpu:
+        return "prefetch_to_device needs a GPU, and this machine has none"
+    return None
+
+
 def precision_too_slow(params: PipelineParams, facts: SpaceFacts) -> str | None:
     return facts.device.precision_problem(params.precision)
 
@@ -136,7 +181,9 @@ def memory_cache_over_budget(params: PipelineParams, facts: SpaceFacts) -> str |
     return None
 
 
-RULES: tuple[Rule, ...] = (interleave_over_one_shard, precision_too_slow, memory_cache_over_budget)
+RULES: tuple[Rule, ...] = (interleave_over_one_shard, parallel_reads_over_one_shard,
+                           vectorized_map_needs_per_batch_ops, prefetch_to_device_needs_gpu,
+                           precision_too_slow, memory_cache_over_budget)
 
 
 def first_problem(params: PipelineParams, facts: SpaceFacts) -> str | None:

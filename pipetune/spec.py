@@ -109,11 +109,19 @@ Source = Annotated[
 
 class Op(Strict):
     RANDOM: ClassVar[bool] = False  # True for ops that draw random numbers
+    # True for ops whose rendered lines give the same result on a batch as on each element
+    # stacked (elementwise maths, casts, one_hot): a vectorised map may run them per batch.
+    PER_BATCH: ClassVar[bool] = False
 
     @property
     def is_random(self) -> bool:
         """Whether the op draws random numbers: a cache may only sit before the first such op."""
         return self.RANDOM
+
+    @property
+    def acts_per_batch(self) -> bool:
+        """Whether the op may run on whole batches with the same result (``vectorized_map``)."""
+        return self.PER_BATCH
 
 
 class DecodeImage(Op):
@@ -152,16 +160,19 @@ class Normalize(Op):
     key: Identifier
     mean: float = 0.0
     std: Annotated[float, Field(gt=0)] = 255.0
+    PER_BATCH: ClassVar[bool] = True
 
 
 class Cast(Op):
     key: Identifier
     dtype: Literal["float32", "float16", "bfloat16", "int32", "int64"]
+    PER_BATCH: ClassVar[bool] = True
 
 
 class OneHot(Op):
     key: Identifier
     depth: PositiveInt
+    PER_BATCH: ClassVar[bool] = True
 
 
 class Sleep(Op):
@@ -245,7 +256,9 @@ class ModelSpec(Strict):
     call: CallRef | None = None
     step_time_ms: Annotated[float, Field(gt=0, le=60_000)] | None = None
     num_classes: PositiveInt | None = None  # default: the source's; 1 means regression
-    jit_compile: bool = False  # set explicitly: Keras' "auto" differs between CPU and GPU
+    # Set explicitly: Keras' "auto" differs between CPU and GPU. The value of the jit_compile
+    # dimension wherever search.space and baseline leave it out (Spec._jit_compile_default).
+    jit_compile: bool = False
     learning_rate: Annotated[float, Field(gt=0)] = 0.001
 
     @model_validator(mode="after")
@@ -366,6 +379,23 @@ class Spec(Strict):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     # Where the spec lives: relative paths and user modules resolve against it. Not in the YAML.
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jit_compile_default(cls, data: Any) -> Any:
+        """``model.jit_compile`` fills the jit_compile dimension where the spec leaves it out:
+        the dimension is what trials use, the model section says what it is when not searched."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if not (isinstance(model, dict) and model.get("jit_compile") is True):
+            return data
+        data = dict(data)
+        search = data.get("search", {})
+        if isinstance(search, dict) and isinstance(search.get("space", {}), dict):
+            space = search.get("space", {})
+            data["search"] = {**search, "space": {"jit_compile": [True], **space}}
+        if isinstance(data.get("baseline"), dict):
+            data["baseline"] = {"jit_compile": True, **data["baseline"]}
+        return data
 
     @property
     def ops(self) -> tuple[Op, ...]:

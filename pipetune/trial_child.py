@@ -151,7 +151,8 @@ def _consumer(request: TrialRequest, dataset: Any) -> Any:
     shape = tuple(features_spec.shape[1:])
     if any(dim is None for dim in shape):
         shape = tuple(next(iter(dataset.take(1)))[0].shape[1:])
-    return training_consumer(build_model(request.spec, shape, request.params.precision))
+    params = request.params
+    return training_consumer(build_model(request.spec, shape, params.precision, params.jit_compile))
 
 
 def _as_int(value: float | None) -> int | None:
@@ -168,7 +169,7 @@ def environment(request: TrialRequest) -> dict[str, Any]:
         "keras": keras.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "jit_compile": request.spec.model.jit_compile,
+        "jit_compile": request.params.jit_compile,
         "mode": request.mode,
         "argv0": Path(sys.argv[0]).name,
     }

@@ -104,3 +104,16 @@ def _candidates(dimension: dimensions.Dimension) -> list[object]:
     if "Literal" in annotation and "int" not in annotation:
         return list(dimension.annotation.__args__)
     return [1, 2, 3]
+
+
+def test_a_new_lever_at_its_default_changes_no_variant_key():
+    """Keys hash only non-default values: stored studies keep their keys as levers are added."""
+    import hashlib
+    import json
+
+    from pipetune.space import variant_key
+
+    params = PipelineParams(shards=8, map_parallel="autotune", batch_size=64)
+    written_out = {"shards": 8, "map_parallel": "autotune", "batch_size": 64}
+    expected = hashlib.sha256(json.dumps(written_out, sort_keys=True).encode()).hexdigest()[:12]
+    assert variant_key(params) == expected

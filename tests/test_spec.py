@@ -119,7 +119,7 @@ BAD_SPECS = [
     Bad("cache-no-value", SPACE + "    cache: []\n",
         13, 5, "search.space.cache", ("at least 1 value", "but got []")),
     Bad("cache-value-not-allowed", SPACE + "    cache: [ram]\n",
-        13, 13, "search.space.cache.0", ("'none', 'memory' or 'disk'", "but got 'ram'")),
+        13, 13, "search.space.cache.0", ("'none', 'memory', 'disk' or 'snapshot'", "but got 'ram'")),
     Bad("batch-size-zero", SPACE + "    batch_size: [32, 0]\n",
         13, 22, "search.space.batch_size.1", ("greater than 0", "but got 0")),
     Bad("duplicate-key", BASE + "name: other\n",

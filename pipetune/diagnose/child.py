@@ -197,7 +197,7 @@ def time_training_step(module: Any, request: ChildRequest, warmup: int = 2, step
     _, parallel = stage_datasets(module, last, request)
     features, labels = next(iter(parallel.map(module.to_model_inputs).batch(request.batch_size)))
     features, labels = tf.identity(features), tf.identity(labels)
-    model = build_model(request.spec, tuple(features.shape[1:]), "float32")
+    model = build_model(request.spec, tuple(features.shape[1:]), "float32", request.spec.model.jit_compile)
     for _ in range(warmup):
         model.train_on_batch(features, labels)
     times, deadline = [], time.perf_counter() + 2 * request.seconds_per_pass

@@ -1,9 +1,9 @@
 # best_pipeline.py: the tf.data pipeline pipetune measured fastest for 'golden-demo'
 #
-# Spec:        golden-demo (hash aa446664b1b985e1)
+# Spec:        golden-demo (hash 843b735aa544f6fe)
 # Generated:   2026-01-02 by pipetune 0.1.0; rank 1 of 5 ranked variants (grid, train mode)
 # Environment: TensorFlow 2.21.0, Keras 3.15.1, Python 3.11.7; CPU Test CPU (2 cores); No NVIDIA GPU (NVML library not found)
-# Variant:     k-8cc6da: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
+# Variant:     k-475d0a: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
 # Objective:   projected time to train 30 epochs (lower is better); every ratio in this file is a speed-up by it (> 1: faster)
 # Measured:    3047.6 examples/s (median of 3 bursts, 95% CI 2909.1-3200.0); input wait 25% of step time
 # Speed-up:    3.41x vs naive (95% CI 3.20-3.64, significant)
@@ -26,7 +26,7 @@ import tensorflow as tf
 
 FILE_PATTERN = '/data/demo/part-*.tfrecord'
 COMPRESSION = ''
-CACHE_PATH = 'pipetune-cache-golden-demo'  # used only by a disk cache
+CACHE_PATH = 'pipetune-cache-golden-demo'  # used only by a disk or snapshot cache
 PRECISION_POLICY = 'float32'
 SHUFFLE_SEED = 0  # file and element order: a new order each epoch, reproducible
 FEATURES = {
