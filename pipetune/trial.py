@@ -43,7 +43,7 @@ def run_trial(request: TrialRequest, timeout_s: float, ram_budget_bytes: int,
     # The environment as it is now, not as it was when the forkserver started.
     process = context.Process(target=child_main, daemon=True,
                               args=(request, str(scratch), sender, dict(os.environ), str(log)))
-    _start_ignoring_sigint(process)
+    start_ignoring_sigint(process)
     sender.close()
     try:
         return _keep_log_if_failed(_supervise(request, process, receiver, timeout_s, ram_budget_bytes),
@@ -115,7 +115,7 @@ def trial_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _start_ignoring_sigint(process: multiprocessing.Process) -> None:
+def start_ignoring_sigint(process: multiprocessing.Process) -> None:
     """Ctrl-C is the parent's to handle (it stops the child): a child that inherits SIGINT
     ignored never prints a half-started KeyboardInterrupt traceback over the terminal."""
     if threading.current_thread() is not threading.main_thread():

@@ -24,7 +24,7 @@ def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[s
                log_path: str | None = None) -> None:
     os.environ.clear()
     os.environ.update(environ)
-    _redirect_output(Path(log_path) if log_path else Path(scratch) / "trial.log")
+    redirect_output(Path(log_path) if log_path else Path(scratch) / "trial.log")
     try:
         message: tuple[str, object] = ("ok", measure(request, Path(scratch)))
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
@@ -33,7 +33,7 @@ def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[s
     sender.close()
 
 
-def _redirect_output(path: Path) -> None:
+def redirect_output(path: Path) -> None:
     """TensorFlow's chatter (C++ logs on fd 2, prints on fd 1) goes to the trial's log, not
     over the parent's progress bar; the parent keeps the log of a failed trial."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from pipetune.diagnose.verdict import Diagnosis, analyse, littles_law_concurrenc
 from pipetune.errors import PipetuneError, UsageError
 from pipetune.plan import DataLayout
 from pipetune.spec import Spec
-from pipetune.trial import trial_context
+from pipetune.trial import start_ignoring_sigint, trial_context
 
 __all__ = ["Diagnosis", "DiagnoseOptions", "DiagnosisError", "diagnose", "littles_law_concurrency"]
 
@@ -96,7 +94,7 @@ def run_child(request: ChildRequest, timeout_s: float, out_dir: Path) -> tuple:
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=child_main, args=(request, str(scratch), sender, dict(os.environ)),
                               daemon=True)
-    _start_ignoring_sigint(process)
+    start_ignoring_sigint(process)
     sender.close()
     try:
         return _receive(process, receiver, timeout_s, scratch)
@@ -106,18 +104,6 @@ def run_child(request: ChildRequest, timeout_s: float, out_dir: Path) -> tuple:
         process.join(5.0)
         receiver.close()
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _start_ignoring_sigint(process) -> None:
-    """Ctrl-C is the parent's to handle: the child inherits SIGINT ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        process.start()  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        process.start()
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _receive(process, receiver, timeout_s: float, scratch: Path) -> tuple:

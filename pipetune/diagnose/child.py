@@ -19,6 +19,7 @@ from typing import Any
 from pipetune.diagnose.measurements import ConsumerMeasurement, PassTiming, StageMeasurement
 from pipetune.diagnose.render import StageInfo
 from pipetune.spec import Spec
+from pipetune.trial_child import explain_failure, redirect_output
 
 CHUNK_S = 0.02  # seconds of elements per hand-over to Python: its overhead stays ~1%
 MAX_CHUNK = 512
@@ -42,20 +43,13 @@ class ChildRequest:
 def child_main(request: ChildRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(environ)
-    _quiet_stderr(Path(scratch) / "diagnose.log")
+    redirect_output(Path(scratch) / "diagnose.log")  # TensorFlow's chatter, not over the table
     try:
         message: tuple[str, object] = ("ok", measure_all(request, Path(scratch)))
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
-        message = ("error", f"{type(err).__name__}: {' '.join(str(err).split())[:400]}")
+        message = ("error", explain_failure(err))
     sender.send(message)
     sender.close()
-
-
-def _quiet_stderr(path: Path) -> None:
-    """TensorFlow's chatter goes to a log in the scratch folder, not over the parent's table."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
-    os.dup2(log.fileno(), 2)
 
 
 def measure_all(request: ChildRequest, scratch: Path) -> tuple[tuple[StageMeasurement, ...], ConsumerMeasurement]:
