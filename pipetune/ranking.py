@@ -91,14 +91,17 @@ class PairedSpeedup:
     """s over t, paired within race rounds: median ratio, its interval, rounds in common."""
 
     speedup: float
-    low: float
+    low: float  # the bootstrap interval over rounds, as reported
     high: float
     rounds: int
+    t_low: float = 0.0  # Student-t lower bound of the geometric mean (stats.t_lower_bound)
 
     @property
     def separated(self) -> bool:
-        """The evidence a claim needs: enough rounds and a lower bound above 1 + MIN_EFFECT."""
-        return self.rounds >= MIN_ROUNDS_TO_CLAIM and self.low > 1.0 + MIN_EFFECT
+        """The evidence a claim needs: enough rounds, and both lower bounds above 1 + MIN_EFFECT
+        (the bootstrap's cannot widen beyond the data when rounds are few; the t bound can)."""
+        floor = 1.0 + MIN_EFFECT
+        return self.rounds >= MIN_ROUNDS_TO_CLAIM and self.low > floor and self.t_low > floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,8 @@ def paired_speedup(s: RankedTrial, t: RankedTrial, objective: str, confidence: f
     if not pairs:
         return PairedSpeedup(float("nan"), float("nan"), float("nan"), 0)
     speedups = stats.speedup_of([a for a, _ in pairs], [b for _, b in pairs], objective)
-    return PairedSpeedup(*stats.paired_speedup_ci(speedups, confidence, seed), len(pairs))
+    return PairedSpeedup(*stats.paired_speedup_ci(speedups, confidence, seed), len(pairs),
+                         stats.t_lower_bound(speedups))
 
 
 def beats(s: RankedTrial, t: RankedTrial, higher_is_better: bool) -> bool:

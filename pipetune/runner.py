@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune import search, sources
+from pipetune import race, search, sources
 from pipetune.device import Device, detect_device, require_tensorflow
 from pipetune.errors import UsageError
 from pipetune.plan import DataLayout
@@ -51,6 +51,7 @@ class SweepOutcome:
     device: Device
     tuning_time_s: float
     budget_s: float | None = None  # the search budget in force (--budget or the spec's)
+    race: tuple[TrialResult, ...] = ()  # the final race's measurements (race.py)
 
 
 def effective_mode(spec: Spec, override: str | None) -> str:
@@ -83,8 +84,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     started = time.time()
     storage_url = prepare_out_dir(options)
     mode = effective_mode(spec, options.mode)
-    objective = spec.measure.resolved_objective if options.mode is None else (
-        "time_to_train" if mode == "train" else "throughput")
+    objective = spec.measure.resolved_objective  # the same in every mode: --mode never changes it
     device = detect_device()
     layouts = ShardLayouts(spec, options.out_dir / "shards")
     references = reference_variants(spec, device)
@@ -101,21 +101,25 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda event: None),
     )
+    known = {v.key: v for v in [*references, *candidates]}
     try:
         used = search.run(state, options.strategy or spec.search.strategy, references, candidates)
         results = search.final_results(state)
+        # The verdict comes from a head-to-head of the leaders and the references, not from
+        # the screening numbers that chose the leaders (selection bias).
+        raced = race.run(state, known, rank_sweep(spec, results, objective))
     finally:
         board.close()
-    known = {v.key: v for v in [*references, *candidates]}
     results += search.skipped_results(state, known)
-    ranking = rank_sweep(spec, results, objective)
+    ranking = rank_sweep(spec, results, objective, raced)
     return SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
-                        time.time() - started, budget)
+                        time.time() - started, budget, tuple(raced))
 
 
-def rank_sweep(spec: Spec, results: list[TrialResult], objective: str) -> Ranking:
+def rank_sweep(spec: Spec, results: list[TrialResult], objective: str,
+               raced: list[TrialResult] | tuple[TrialResult, ...] = ()) -> Ranking:
     """The ranking of a sweep's results: one call, so a fresh and a stored sweep agree."""
-    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
+    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0, race=raced)
 
 
 class ShardLayouts:

@@ -29,6 +29,7 @@ from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
 
 SHORT_RUNG, FULL_RUNG = 0, 1
+RACE_RUNG = 2  # the final race's measurements (race.py), one per variant and round
 SHORT_FRACTION = 1 / 4  # a short burst has a quarter of the full steps
 PROMOTE_FRACTION = 1 / 3
 
@@ -64,14 +65,15 @@ class SearchState:
         """Objective value of every stored measurement by (variant key, rung); cheap: the raw
         results are not parsed (None for a failed one)."""
         return {(t.user_attrs["variant_key"], t.user_attrs["rung"]): t.value
-                for t in self.study.get_trials(deepcopy=False) if "result" in t.user_attrs}
+                for t in self.study.get_trials(deepcopy=False)
+                if "result" in t.user_attrs and t.user_attrs["rung"] != RACE_RUNG}
 
     def results(self) -> dict[tuple[str, int], TrialResult]:
         """Every stored measurement, by (variant key, rung)."""
         found = {}
         for trial in self.study.get_trials(deepcopy=False):
             text = trial.user_attrs.get("result")
-            if text:
+            if text and trial.user_attrs["rung"] != RACE_RUNG:  # race rounds: race.race_results
                 found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
         return found
 
@@ -190,15 +192,16 @@ def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) ->
 def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult) -> None:
     attrs = {"variant_key": variant.key, "rung": rung, "role": variant.role.value,
              "state": result.state.value, "reason": result.reason, "result": trial_to_json(result)}
-    value = _objective_value(state, result)
+    value = objective_value(state, result)
     trial_state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
     state.study.add_trial(optuna.trial.create_trial(state=trial_state, value=value, user_attrs=attrs))
 
 
-def _objective_value(state: SearchState, result: TrialResult) -> float | None:
+def objective_value(state: SearchState, result: TrialResult) -> float | None:
+    """The value stored with a measurement (median over its repeats); None when it failed."""
     if result.state is not TrialState.COMPLETE or not result.repeats:
         return None
-    return stats.median_iqr(stats.repeat_objective_values(result, state.objective, state.epochs))[0]
+    return stats.trial_objective_value(result, state.objective, state.epochs)
 
 
 def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, steps: int) -> None:

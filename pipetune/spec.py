@@ -283,7 +283,7 @@ class MeasureSpec(Strict):
     def resolved_objective(self) -> str:
         if self.objective != "auto":
             return self.objective
-        return "time_to_train" if self.mode == "train" else "throughput"
+        return "time_to_train"  # auto: projected time to train, in every mode
 
 
 # --------------------------------------------------------------------------- pipeline params
