@@ -160,7 +160,8 @@ def _mid_epoch_windows(stepper: _Stepper, epoch: Iterator[Any], dataset: Iterabl
 def _measure_whole_epochs(plan: BurstPlan, settled: RepeatTiming | None, steps_done: int) -> bool:
     """Whole epochs when a mid-epoch window does not fit between the buffer's fill and drain,
     or when an epoch takes at most ``whole_epoch_s`` at the rate the warm-up measured."""
-    fits = steps_done + plan.settle_steps + plan.steps + plan.buffer_steps <= plan.steps_per_epoch
+    # Strictly less: a mid-epoch window never holds an epoch's last (maybe partial) batch.
+    fits = steps_done + plan.settle_steps + plan.steps + plan.buffer_steps < plan.steps_per_epoch
     if not fits:
         return True
     if settled is None:

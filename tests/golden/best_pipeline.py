@@ -5,8 +5,8 @@
 # Environment: TensorFlow 2.21.0, Keras 3.15.1, Python 3.11.7; CPU Test CPU (2 cores); No NVIDIA GPU (NVML library not found)
 # Variant:     k-8cc6da: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
 # Measured:    3047.6 examples/s (median of 3 bursts, 95% CI 2909.1-3200.0); input wait 25% of step time
-# Speed-up:    3.41x vs naive (95% CI 3.20-3.64, significant; by time to train)
-# Speed-up:    1.75x vs autotune-default (95% CI 1.60-1.91, significant; by time to train)
+# Speed-up:    3.33x vs naive (95% CI 3.13-3.55, significant; by time to train)
+# Speed-up:    1.72x vs autotune-default (95% CI 1.58-1.87, significant; by time to train)
 #
 # Use it from a training script:
 #     import best_pipeline
