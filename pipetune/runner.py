@@ -101,7 +101,8 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda event: None),
     )
-    known = {v.key: v for v in [*references, *candidates]}
+    # A reference may also be a candidate (naive often is): its reference role wins.
+    known = {v.key: v for v in [*candidates, *references]}
     try:
         used = search.run(state, options.strategy or spec.search.strategy, references, candidates)
         results = search.final_results(state)
