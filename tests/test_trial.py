@@ -129,7 +129,7 @@ def consumer_bound(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrialR
     naive = PipelineParams(batch_size=8)
     tuned = PipelineParams(batch_size=8, map_parallel="autotune", prefetch="autotune",
                            cache="memory")
-    # More repeats than the default: they cost 0.2 s each, and they make a chance "win"
+    # More repeats than the default: they cost an epoch (1 s) each, and they make a chance "win"
     # between two equally fast variants less likely (see the ranking test).
     return {
         "naive": measure(spec, naive, root, key="naive", role=Role.NAIVE, repeats=7),
@@ -316,7 +316,7 @@ def test_repeats_hold_exactly_the_timed_steps(consumer_bound):
     for trial in consumer_bound.values():
         assert_complete(trial)
         assert len(trial.repeats) == 7
-        # 96 examples = 12 batches of 50 ms an epoch: under 3 s, so every repeat is one whole
+        # 96 examples = 12 batches of 80 ms an epoch: under 3 s, so every repeat is one whole
         # epoch from a fresh iterator (not a 4-step window).
         assert trial.whole_epochs
         for repeat in trial.repeats:
@@ -339,7 +339,7 @@ def test_start_up_is_recorded_and_fill_only_for_a_cached_variant(consumer_bound)
     assert naive.startup_ns is not None and naive.startup_ns > 0
     assert tuned.startup_ns is not None and tuned.startup_ns > 0
     assert naive.fill_ns is None
-    # The fill is the first epoch after its first batch (start-up): 11 batches of >= 50 ms.
+    # The fill is the first epoch after its first batch (start-up): 11 batches of >= 80 ms.
     assert tuned.fill_ns is not None
     assert tuned.fill_ns >= (tuned.steps_per_epoch - 1) * CONSUMER_STEP_MS * MS
     assert tuned.startup_ns >= CONSUMER_STEP_MS * MS  # start-up holds the first step
