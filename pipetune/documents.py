@@ -22,15 +22,28 @@ SCHEMA_VERSION = 2  # 2: "diagnosis" (the automatic space's diagnosis, or null)
 def trial_metrics(result: TrialResult, epochs: int) -> dict[str, Any]:
     """The per-trial numbers shown everywhere (CSV, JSON, terminal); None when not measured."""
     if result.state is not TrialState.COMPLETE or not result.repeats:
-        return {"throughput_median": None, "input_wait_fraction": None, "time_to_train_s": None,
-                "startup_s": None, "fill_s": None}
+        return dict.fromkeys(METRIC_NAMES)
+    # The projected time's parts: start-up + fill + boundary x epochs + steady epoch x the rest.
+    parts = stats.objective_parts(result, epochs)
     return {
         "throughput_median": stats.median_iqr(stats.repeat_throughputs(result))[0],
         "input_wait_fraction": stats.trial_wait_fraction(result),
-        "time_to_train_s": stats.median_iqr(stats.repeat_time_to_train_s(result, epochs))[0],
-        "startup_s": result.startup_ns / 1e9 if result.startup_ns is not None else None,
-        "fill_s": result.fill_ns / 1e9 if result.fill_ns is not None else None,
+        "time_to_train_s": parts.time_to_train_s, "startup_s": parts.startup_s,
+        "fill_s": parts.fill_s, "boundary_s": parts.boundary_s,
+        "steady_epoch_s": parts.steady_epoch_s, "whole_epochs": result.whole_epochs,
+        "cpu_s_per_example": result.cpu_s_per_example,
     }
+
+
+METRIC_NAMES = ("throughput_median", "input_wait_fraction", "time_to_train_s", "startup_s", "fill_s",
+                "boundary_s", "steady_epoch_s", "whole_epochs", "cpu_s_per_example")
+
+
+def race_rows(outcome: SweepOutcome) -> list[dict[str, Any]]:
+    """One row per measurement of the final race: the numbers the verdict comes from."""
+    epochs = outcome.spec.measure.epochs_planned
+    return [{"key": r.key, "role": r.role.value, "round": r.race_round, "state": r.state.value,
+             "reason": r.reason, **trial_metrics(r, epochs)} for r in outcome.race]
 
 
 def result_rows(outcome: SweepOutcome) -> list[dict[str, Any]]:
@@ -80,11 +93,13 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
         "comparisons": [
             {"reference": c.reference.trial.role.value, "speedup": c.speedup,
              "ci_low": c.speedup_ci_low, "ci_high": c.speedup_ci_high,
-             "significant": c.significant, "batch_size_differs": c.batch_size_differs}
+             "significant": c.significant, "batch_size_differs": c.batch_size_differs,
+             "race_rounds": c.rounds}
             for c in outcome.ranking.comparisons
         ],
         "diagnosis": diagnosis_summary(outcome),
         "trials": result_rows(outcome),
+        "race": race_rows(outcome),
     }
     if raw:  # everything `store.load_outcome` needs to rebuild the outcome
         doc["stored"] = {
@@ -92,6 +107,7 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
             "device": dataclasses.asdict(outcome.device),
             "dropped": [{"params": d.params.model_dump(), "reason": d.reason} for d in outcome.dropped],
             "trials": [trial_to_dict(r) for r in outcome.results],
+            "race": [trial_to_dict(r) for r in outcome.race],
         }
     return doc
 

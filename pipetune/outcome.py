@@ -32,8 +32,10 @@ class SweepOutcome:
     # The diagnosis behind an automatic space (``diagnosis.json`` plus the space and its
     # reasons); None when the spec listed its space by hand.
     diagnosis: dict[str, Any] | None = None
+    race: tuple[TrialResult, ...] = ()  # the final race's measurements (race.py): the verdict's data
 
 
-def rank_sweep(spec: Spec, results: list[TrialResult], objective: str) -> Ranking:
+def rank_sweep(spec: Spec, results: list[TrialResult], objective: str,
+               raced: list[TrialResult] | tuple[TrialResult, ...] = ()) -> Ranking:
     """The ranking of a sweep's results: one call, so a fresh and a stored sweep agree."""
-    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0)
+    return rank(results, objective, epochs=spec.measure.epochs_planned, seed=0, race=raced)

@@ -10,12 +10,19 @@
 
 Both conditions imply a strictly better median, so the relation has no cycles. Trials are
 placed one at a time: among the remaining trials that no remaining trial beats, the cheapest
-(lowest CPU %, then peak RSS, then key) goes next. Ties are therefore broken by cost, yet a
-trial is never placed above a trial that beats it.
+(lowest CPU-seconds per example, then peak RSS, then key) goes next. Ties are therefore broken
+by cost, yet a trial is never placed above a trial that beats it.
+
+When the sweep ran a final race (``race.py``), the race alone decides: the raced variants are
+placed first, by their per-round values, and "s beats t" there means the paired speed-up of s
+over t (one ratio per round, bootstrapped over rounds) has its lower bound above
+``1 + MIN_EFFECT`` over at least ``MIN_ROUNDS_TO_CLAIM`` rounds. Every comparison with a
+reference comes from the race. Variants that did not race follow, placed by their screening.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +34,9 @@ OBJECTIVES = ("throughput", "time_to_train")
 # A speed-up is called significant only if its interval's lower end clears 1 by this much:
 # smaller gains are within the drift of a shared machine and not worth a pipeline change.
 MIN_EFFECT = 0.02
+# Fewer paired rounds than this make no claim: with two rounds, two equal variants come out
+# "better in every round" half of the time.
+MIN_ROUNDS_TO_CLAIM = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,12 @@ class RankedTrial:
     tied_with_previous: bool
     tie_group: int
     values: tuple[float, ...]
+    rounds: tuple[int, ...] = ()  # the race round of each value; empty: screening repeats
+    cost: tuple[float, float, str] = (float("inf"), float("inf"), "")  # what breaks a tie
+
+    @property
+    def raced(self) -> bool:
+        return bool(self.rounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +70,9 @@ class Comparison:
     """The best trial against one reference trial (naive, autotune-default or baseline).
 
     ``speedup > 1`` means the winner is faster: winner/reference throughput, or
-    reference/winner time to train. ``significant`` is true when the winner beats the
-    reference. ``batch_size_differs`` is true when the winner's batch size differs from the
+    reference/winner time to train. From the race when the sweep ran one: the median of the
+    per-round paired speed-ups and its bootstrap interval over rounds (``rounds`` of them).
+    ``significant`` is true when the winner beats the reference. ``batch_size_differs`` is true when the winner's batch size differs from the
     user's: the BASELINE trial's batch size, or the NAIVE trial's when there is no baseline
     (False when neither is known), since a changed batch size also changes training itself.
     """
@@ -66,6 +83,25 @@ class Comparison:
     speedup_ci_high: float
     significant: bool
     batch_size_differs: bool
+    rounds: int = 0  # race rounds behind the numbers; 0: screening repeats (no race)
+
+
+@dataclass(frozen=True, slots=True)
+class PairedSpeedup:
+    """s over t, paired within race rounds: median ratio, its interval, rounds in common."""
+
+    speedup: float
+    low: float  # the bootstrap interval over rounds, as reported
+    high: float
+    rounds: int
+    t_low: float = 0.0  # Student-t lower bound of the geometric mean (stats.t_lower_bound)
+
+    @property
+    def separated(self) -> bool:
+        """The evidence a claim needs: enough rounds, and both lower bounds above 1 + MIN_EFFECT
+        (the bootstrap's cannot widen beyond the data when rounds are few; the t bound can)."""
+        floor = 1.0 + MIN_EFFECT
+        return self.rounds >= MIN_ROUNDS_TO_CLAIM and self.low > floor and self.t_low > floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +131,20 @@ def rank(
     epochs: int = 1,
     confidence: float = 0.95,
     seed: int = 0,
+    race: Sequence[TrialResult] = (),
 ) -> Ranking:
     """Ranks trials by ``objective``, with statistical ties broken by cost.
 
     Args:
-        trials: Trials of one sweep, in any order. Only COMPLETE trials with at least one
-            repeat are ranked; every other trial is returned in ``Ranking.unranked``.
+        trials: Trials of one sweep (its screening), in any order. Only COMPLETE trials with at
+            least one repeat are ranked; every other trial is returned in ``Ranking.unranked``.
         objective: "throughput" (examples/s, higher is better) or "time_to_train"
-            (projected seconds for ``epochs`` epochs including any cache fill, lower is better).
+            (projected seconds for ``epochs`` epochs, lower is better).
         epochs: Planned number of epochs; only used by "time_to_train".
         confidence: Coverage of the bootstrap intervals of the medians and speed-ups.
         seed: Bootstrap seed; every trial uses the same one, so input order does not matter.
+        race: The final race's measurements (``TrialResult.race_round`` set), if any: then
+            the race alone decides the order of the raced variants and every comparison.
 
     Returns:
         The ranking, with the best trial compared against every complete reference trial.
@@ -122,17 +161,54 @@ def rank(
     if len(set(keys)) != len(keys):
         raise ValueError(f"each ranked trial needs a unique key, but got {sorted(keys)}")
     unranked = tuple(sorted(unrankable, key=_identity_order))
+    raced = race_scores(race, rankable, objective, epochs, confidence, seed)
+    raced_keys = {r.trial.key for r in raced}
+    screened = [_score(t, stats.repeat_objective_values(t, objective, epochs), confidence, seed)
+                for t in rankable if t.key not in raced_keys]
 
     higher_is_better = objective == "throughput"
-    scored = [_score(t, stats.repeat_objective_values(t, objective, epochs), confidence, seed)
-              for t in rankable]
-    ranked = _place(scored, higher_is_better)
-    comparisons = _compare_best(ranked, trials, higher_is_better, confidence, seed)
+    race_judge = lambda s, t: paired_speedup(s, t, objective, confidence, seed).separated  # noqa: E731
+    screen_judge = lambda s, t: beats(s, t, higher_is_better)  # noqa: E731
+    ranked = _place(raced, race_judge) + _place(screened, screen_judge)
+    ranked = _number(ranked)
+    comparisons = _compare_best(ranked, trials, objective, confidence, seed)
     return Ranking(objective, ranked, unranked, comparisons)
 
 
+def race_scores(race: Sequence[TrialResult], screening: Sequence[TrialResult], objective: str,
+                epochs: int, confidence: float = 0.95, seed: int = 0) -> list[RankedTrial]:
+    """One RankedTrial per raced variant: its per-round values (a round's value is the median
+    over that measurement's repeats), cost from its race measurements, and its screening
+    trial as the record shown (the race measurement of round 0 when it has none)."""
+    by_key: dict[str, list[TrialResult]] = {}
+    for result in _split_rankable(race)[0]:
+        by_key.setdefault(result.key, []).append(result)
+    records = {t.key: t for t in screening}
+    scored = []
+    for key, results in sorted(by_key.items()):
+        results = sorted(results, key=lambda r: r.race_round or 0)
+        values = [stats.trial_objective_value(r, objective, epochs) for r in results]
+        shown = records.get(key, results[0])
+        base = _score(shown, values, confidence, seed)
+        scored.append(replace(base, rounds=tuple(r.race_round or 0 for r in results),
+                              cost=_race_cost(results)))
+    return scored
+
+
+def paired_speedup(s: RankedTrial, t: RankedTrial, objective: str, confidence: float = 0.95,
+                   seed: int = 0) -> PairedSpeedup:
+    """s's speed-up over t from the race rounds both ran (>1 = s faster)."""
+    t_by_round = dict(zip(t.rounds, t.values))
+    pairs = [(value, t_by_round[r]) for r, value in zip(s.rounds, s.values) if r in t_by_round]
+    if not pairs:
+        return PairedSpeedup(float("nan"), float("nan"), float("nan"), 0)
+    speedups = stats.speedup_of([a for a, _ in pairs], [b for _, b in pairs], objective)
+    return PairedSpeedup(*stats.paired_speedup_ci(speedups, confidence, seed), len(pairs),
+                         stats.t_lower_bound(speedups))
+
+
 def beats(s: RankedTrial, t: RankedTrial, higher_is_better: bool) -> bool:
-    """True when the evidence says ``s`` is better than ``t`` (see the module docstring)."""
+    """True when the screening evidence says ``s`` is better than ``t`` (module docstring)."""
     if higher_is_better:
         disjoint_and_better = s.ci_low > t.ci_high
     else:
@@ -163,50 +239,49 @@ def _split_rankable(
 
 
 def _score(trial: TrialResult, values: list[float], confidence: float, seed: int) -> RankedTrial:
-    """A RankedTrial with its statistics; placement fields are filled in by ``_place``."""
+    """A RankedTrial with its statistics; placement fields are filled in by ``_number``."""
     median, _, _ = stats.median_iqr(values)
     ci_low, ci_high = stats.bootstrap_ci(values, confidence=confidence, seed=seed)
-    return RankedTrial(trial, 0, median, ci_low, ci_high, False, 0, tuple(values))
+    return RankedTrial(trial, 0, median, ci_low, ci_high, False, 0, tuple(values),
+                       cost=_cost_order(trial))
 
 
-def _place(scored: list[RankedTrial], higher_is_better: bool) -> tuple[RankedTrial, ...]:
-    """Orders trials: repeatedly the cheapest of those no remaining trial beats."""
-    remaining = sorted(scored, key=lambda r: _cost_order(r.trial))
-    beaten_by = {
-        r.trial.key: {o.trial.key for o in remaining if beats(o, r, higher_is_better)}
-        for r in remaining
-    }
+Judge = Callable[[RankedTrial, RankedTrial], bool]
+
+
+def _place(scored: list[RankedTrial], judge: Judge) -> list[RankedTrial]:
+    """Orders trials: repeatedly the cheapest of those no remaining trial beats. Marks each one
+    tied with the one before when neither beats the other (a group's first never is: the
+    screened variants after the raced ones were not compared with them)."""
+    remaining = sorted(scored, key=lambda r: r.cost)
+    beaten_by = {r.trial.key: {o.trial.key for o in remaining if judge(o, r)} for r in remaining}
     placed: list[RankedTrial] = []
     while remaining:
-        # ``remaining`` is sorted by cost, so the first unbeaten trial is the cheapest one.
-        # One always exists: the best median is never beaten (the relation implies it).
-        chosen = next(r for r in remaining if not beaten_by[r.trial.key])
+        # ``remaining`` is sorted by cost, so the first unbeaten trial is the cheapest one. One
+        # exists unless medians of paired ratios form a cycle (rare, never with fewer than four
+        # rounds); then the cheapest goes first, which keeps the order deterministic.
+        chosen = next((r for r in remaining if not beaten_by[r.trial.key]), remaining[0])
         remaining.remove(chosen)
         for beaters in beaten_by.values():
             beaters.discard(chosen.trial.key)
-        placed.append(_with_position(chosen, placed, higher_is_better))
-    return tuple(placed)
+        tied = bool(placed) and not judge(placed[-1], chosen) and not judge(chosen, placed[-1])
+        placed.append(replace(chosen, tied_with_previous=tied))
+    return placed
 
 
-def _with_position(
-    chosen: RankedTrial, placed: list[RankedTrial], higher_is_better: bool
-) -> RankedTrial:
-    if not placed:
-        return replace(chosen, position=1, tied_with_previous=False, tie_group=1)
-    previous = placed[-1]
-    tied = not beats(previous, chosen, higher_is_better) and not beats(
-        chosen, previous, higher_is_better
-    )
-    tie_group = previous.tie_group if tied else previous.tie_group + 1
-    return replace(
-        chosen, position=len(placed) + 1, tied_with_previous=tied, tie_group=tie_group
-    )
+def _number(placed: list[RankedTrial]) -> tuple[RankedTrial, ...]:
+    """Positions from 1, and tie groups that go up at every trial not tied with the previous."""
+    numbered: list[RankedTrial] = []
+    for position, ranked in enumerate(placed, start=1):
+        group = 1 if not numbered else numbered[-1].tie_group + (not ranked.tied_with_previous)
+        numbered.append(replace(ranked, position=position, tie_group=group))
+    return tuple(numbered)
 
 
 def _compare_best(
     ranked: tuple[RankedTrial, ...],
     trials: Sequence[TrialResult],
-    higher_is_better: bool,
+    objective: str,
     confidence: float,
     seed: int,
 ) -> tuple[Comparison, ...]:
@@ -215,23 +290,28 @@ def _compare_best(
     best = ranked[0]
     user_batch_size = _user_batch_size(trials)
     batch_size_differs = user_batch_size is not None and best.trial.batch_size != user_batch_size
+    # With a race, only raced references are compared: screening numbers are never a verdict.
     references = sorted(
-        (r for r in ranked[1:] if r.trial.role is not Role.CANDIDATE),
+        (r for r in ranked[1:] if r.trial.role is not Role.CANDIDATE and r.raced == best.raced),
         key=lambda r: _identity_order(r.trial),
     )
-    comparisons = []
-    for reference in references:
-        faster, slower = (best, reference) if higher_is_better else (reference, best)
-        speedup, low, high = stats.ratio_ci(
-            faster.values, slower.values, confidence=confidence, seed=seed
-        )
-        # Dominating three repeats happens by chance one time in eight, so a claim made to the
-        # user also needs the speed-up's own interval to clear 1 by a practical margin.
-        significant = beats(best, reference, higher_is_better) and low > 1.0 + MIN_EFFECT
-        comparisons.append(
-            Comparison(reference, speedup, low, high, significant, batch_size_differs)
-        )
-    return tuple(comparisons)
+    return tuple(_comparison(best, reference, objective, confidence, seed, batch_size_differs)
+                 for reference in references)
+
+
+def _comparison(best: RankedTrial, reference: RankedTrial, objective: str, confidence: float,
+                seed: int, batch_size_differs: bool) -> Comparison:
+    if best.raced:
+        paired = paired_speedup(best, reference, objective, confidence, seed)
+        return Comparison(reference, paired.speedup, paired.low, paired.high, paired.separated,
+                          batch_size_differs, paired.rounds)
+    higher_is_better = objective == "throughput"
+    faster, slower = (best, reference) if higher_is_better else (reference, best)
+    speedup, low, high = stats.ratio_ci(faster.values, slower.values, confidence=confidence, seed=seed)
+    # Dominating three repeats happens by chance one time in eight, so a claim made to the
+    # user also needs the speed-up's own interval to clear 1 by a practical margin.
+    significant = beats(best, reference, higher_is_better) and low > 1.0 + MIN_EFFECT
+    return Comparison(reference, speedup, low, high, significant, batch_size_differs)
 
 
 def _user_batch_size(trials: Sequence[TrialResult]) -> int | None:
@@ -246,10 +326,18 @@ def _user_batch_size(trials: Sequence[TrialResult]) -> int | None:
 
 
 def _cost_order(trial: TrialResult) -> tuple[float, float, str]:
-    """Cheaper first; an unknown cost counts as infinite, so measured thrift wins ties."""
-    cpu = float("inf") if trial.cpu_percent is None else trial.cpu_percent
+    """Cheaper first: CPU-seconds per example, then peak RSS, then key. An unknown cost counts
+    as infinite, so measured thrift wins ties."""
+    cpu = float("inf") if trial.cpu_s_per_example is None else trial.cpu_s_per_example
     rss = float("inf") if trial.peak_rss_bytes is None else float(trial.peak_rss_bytes)
     return cpu, rss, trial.key
+
+
+def _race_cost(results: Sequence[TrialResult]) -> tuple[float, float, str]:
+    """A raced variant's cost: median CPU-seconds per example and peak RSS over its rounds."""
+    costs = [_cost_order(r) for r in results]
+    return (statistics.median(c[0] for c in costs), statistics.median(c[1] for c in costs),
+            results[0].key)
 
 
 def _identity_order(trial: TrialResult) -> tuple[str, str, str, str, int]:

@@ -83,10 +83,20 @@ class TrialResult:
     reason: str = ""
     batch_size: int = 0
     steps_per_epoch: int = 0
-    startup_ns: int | None = None  # latency of the very first batch
-    fill_ns: int | None = None  # wall time of the cache-filling epoch, cached variants only
+    # The objective's parts (stats.objective_parts): start-up is the first batch and its step
+    # (pipeline start, Keras tracing), counted once for every variant; the fill is the rest of
+    # a cached variant's first epoch (start-up excluded); the boundary is the extra time an
+    # epoch end and the next epoch's start (iterator, shuffle-buffer fill) cost beyond steady
+    # steps, 0 when the repeats are whole epochs (they contain it).
+    startup_ns: int | None = None
+    fill_ns: int | None = None  # cached variants only
+    boundary_ns: int | None = None
+    whole_epochs: bool = False  # each repeat is one whole epoch from a fresh iterator
     repeats: tuple[RepeatTiming, ...] = ()
     cpu_percent: float | None = None  # process CPU% over the timed windows (100 = one core)
+    # Process CPU seconds per example over the timed windows: what a tie is broken by (a rate
+    # like CPU% would favour a variant that is slow enough to idle).
+    cpu_s_per_example: float | None = None
     peak_rss_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     monitor: MonitorReport = field(default_factory=MonitorReport)
@@ -96,3 +106,4 @@ class TrialResult:
     # Set by the search that ran it, not by the measurement:
     rung: int | None = None  # which stage of the search measured it (search.SHORT_RUNG, ...)
     trial_wall_s: float | None = None  # wall time of the whole trial, process start included
+    race_round: int | None = None  # set for a measurement of the final race (race.py)

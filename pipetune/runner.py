@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune import preflight, search, sources, storage
+from pipetune import preflight, race, search, sources, storage
 from pipetune.autospace import resolve_space
 from pipetune.datacheck import check_data
 from pipetune.device import detect_device, require_tensorflow
@@ -77,7 +77,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         preflight.check_resume(options.out_dir, study_name(spec, mode), spec, mode)
     preflight.clean_stale_scratch(options.out_dir)
     check_data(spec, log_path=_logs(options.out_dir) / "datacheck.log")  # before any budget is spent
-    objective = spec.measure.objective_in(mode)
+    objective = spec.measure.resolved_objective  # the same in every mode: --mode never changes it
     device = detect_device()
     name = study_name(spec, mode)  # of the spec as written: a resumed auto space finds its study
     spec, diagnosis = resolve_space(spec, options.out_dir, device, options.resume)
@@ -98,19 +98,22 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda event: None),
     )
-    used, stopped = options.strategy or spec.search.strategy, None
+    # A reference may also be a candidate (naive often is): its reference role wins.
+    known = {v.key: v for v in [*candidates, *references]}
+    used, stopped, raced = options.strategy or spec.search.strategy, None, []
     try:
         used = search.run(state, used, references, candidates)
+        # The verdict comes from a head-to-head of the leaders and the references, not from
+        # the screening numbers that chose the leaders (selection bias).
+        raced = race.run(state, known, rank_sweep(spec, search.final_results(state), objective))
     except SweepStopped as stop:
         stopped = stop  # the outcome so far is still ranked and written
     finally:
         board.close()
-    results = search.final_results(state)
-    known = {v.key: v for v in [*references, *candidates]}
-    results += search.skipped_results(state, known)
-    ranking = rank_sweep(spec, results, objective)
+    results = search.final_results(state) + search.skipped_results(state, known)
+    ranking = rank_sweep(spec, results, objective, raced)
     outcome = SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
-                           time.time() - started, budget, diagnosis)
+                           time.time() - started, budget, diagnosis, tuple(raced))
     if stopped is not None:
         stopped.outcome = outcome
         raise stopped

@@ -31,6 +31,7 @@ from pipetune.serialize import trial_from_json, trial_to_json
 from pipetune.space import Variant
 
 SHORT_RUNG, FULL_RUNG = 0, 1
+RACE_RUNG = 2  # the final race's measurements (race.py), one per variant and round
 SHORT_FRACTION = 1 / 4  # a short burst has a quarter of the full steps
 PROMOTE_FRACTION = 1 / 3
 
@@ -70,7 +71,8 @@ class SearchState:
     def measured_once(self) -> dict[tuple[str, int], float | None]:
         """``measured()`` without retries."""
         return {(t.user_attrs["variant_key"], t.user_attrs["rung"]): t.value
-                for t in self.study.get_trials(deepcopy=False) if "result" in t.user_attrs}
+                for t in self.study.get_trials(deepcopy=False)
+                if "result" in t.user_attrs and t.user_attrs["rung"] != RACE_RUNG}
 
     def results(self) -> dict[tuple[str, int], TrialResult]:
         """Every stored measurement, by (variant key, rung)."""
@@ -79,11 +81,12 @@ class SearchState:
 
 
 def stored_results(trials: list[optuna.trial.FrozenTrial]) -> dict[tuple[str, int], TrialResult]:
-    """The measurements stored in a study's trials, by (variant key, rung)."""
+    """The search's measurements stored in a study's trials, by (variant key, rung); the final
+    race's rounds are read by ``race.race_results``."""
     found = {}
     for trial in trials:
         text = trial.user_attrs.get("result")
-        if text:
+        if text and trial.user_attrs["rung"] != RACE_RUNG:
             found[(trial.user_attrs["variant_key"], trial.user_attrs["rung"])] = trial_from_json(text)
     return found
 
@@ -180,46 +183,66 @@ def _measure_all(state: SearchState, variants: list[Variant], rung: int,
                 if (rest.key, rung) not in done:
                     state.skipped.setdefault(rest.key, "not run: the time budget was spent")
             return
-        _measure_one(state, variant, rung, steps)
+        measure_one(state, variant, rung, steps)
     _wait_for_others(state, variants, rung, steps)
 
 
-def _measure_one(state: SearchState, variant: Variant, rung: int, steps: int) -> bool:
-    if not state.board.try_claim(variant.key, rung):
+def claim_key(variant_key: str, race_round: int | None = None) -> str:
+    """What a measurement is claimed as: the variant, or the variant in one round of the race."""
+    return variant_key if race_round is None else f"{variant_key}#race{race_round}"
+
+
+def measure_one(state: SearchState, variant: Variant, rung: int, steps: int,
+                race_round: int | None = None) -> bool:
+    """Claim, measure in a fresh process and store one measurement; False if another worker
+    has it (or stored it already). ``race_round``: a round of the final race (race.py)."""
+    claim = claim_key(variant.key, race_round)
+    if not state.board.try_claim(claim, rung):
         return False
-    if (variant.key, rung) in state.measured():  # finished by a worker that died before marking done
-        state.board.mark_done(variant.key, rung)
+    if (variant.key, rung, race_round) in _stored_ids(state):  # by a worker that died before marking
+        state.board.mark_done(claim, rung)
         return False
     from pipetune.claims import Claim
 
-    state.board.beat_for(Claim(variant.key, rung))
+    state.board.beat_for(Claim(claim, rung))
     state.on_event(SearchEvent("start", variant, rung))
     started = time.time()
     try:
         result = state.measure(variant, steps)
     finally:
         state.board.beat_for(None)
-    result = replace(result, role=variant.role, rung=rung, trial_wall_s=time.time() - started)
+    result = replace(result, role=variant.role, rung=rung, trial_wall_s=time.time() - started,
+                     race_round=race_round)
     _store(state, variant, rung, result)
-    state.board.mark_done(variant.key, rung)
+    state.board.mark_done(claim, rung)
     state.on_event(SearchEvent("end", variant, rung))
-    if result.state is TrialState.FAILED:
+    if result.state is TrialState.FAILED and race_round is None:
         stop_on_repeated_failure(state.study)  # raises SweepStopped: the rest would fail alike
     return True
 
 
+def _stored_ids(state: SearchState, retried: bool = True) -> set[tuple[str, int, int | None]]:
+    """(variant key, rung, race round) of every stored measurement."""
+    def read() -> set[tuple[str, int, int | None]]:
+        return {(t.user_attrs["variant_key"], t.user_attrs["rung"], t.user_attrs.get("race_round"))
+                for t in state.study.get_trials(deepcopy=False) if "result" in t.user_attrs}
+    return state.board.stored(read, "reading the study") if retried else read()
+
+
 def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult) -> None:
-    attrs = {"variant_key": variant.key, "rung": rung, "role": variant.role.value,
-             "state": result.state.value, "reason": result.reason, "result": trial_to_json(result)}
-    value = _objective_value(state, result)
+    attrs = {"variant_key": variant.key, "rung": rung, "race_round": result.race_round,
+             "role": variant.role.value, "state": result.state.value, "reason": result.reason,
+             "result": trial_to_json(result)}
+    value = objective_value(state, result)
     trial_state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
     trial = optuna.trial.create_trial(state=trial_state, value=value, user_attrs=attrs)
+    identity = (variant.key, rung, result.race_round)
     tried = False
 
     def add_once() -> None:
         nonlocal tried
         # A retry after a commit whose answer the lost connection swallowed must not store twice.
-        if tried and (variant.key, rung) in state.measured_once():
+        if tried and identity in _stored_ids(state, retried=False):
             return
         tried = True
         state.study.add_trial(trial)
@@ -227,10 +250,11 @@ def _store(state: SearchState, variant: Variant, rung: int, result: TrialResult)
     state.board.stored(add_once, "storing a finished measurement")
 
 
-def _objective_value(state: SearchState, result: TrialResult) -> float | None:
+def objective_value(state: SearchState, result: TrialResult) -> float | None:
+    """The value stored with a measurement (median over its repeats); None when it failed."""
     if result.state is not TrialState.COMPLETE or not result.repeats:
         return None
-    return stats.median_iqr(stats.repeat_objective_values(result, state.objective, state.epochs))[0]
+    return stats.trial_objective_value(result, state.objective, state.epochs)
 
 
 def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, steps: int) -> None:
@@ -238,7 +262,7 @@ def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, ste
     pending = [v for v in variants if v.key not in state.skipped]
     while pending:
         pending = [v for v in pending if not state.board.is_done(v.key, rung)
-                   and not _measure_one(state, v, rung, steps)]
+                   and not measure_one(state, v, rung, steps)]
         if pending:
             time.sleep(1.0)
 
@@ -288,7 +312,7 @@ def _tpe(state: SearchState, order: list[Variant]) -> None:
 
 
 def _measure_full(state: SearchState, variant: Variant) -> float | None:
-    _measure_one(state, variant, FULL_RUNG, state.full_steps)
+    measure_one(state, variant, FULL_RUNG, state.full_steps)
     return state.measured().get((variant.key, FULL_RUNG))
 
 

@@ -289,11 +289,11 @@ class MeasureSpec(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
     objective: Literal["auto", "time_to_train", "throughput"] = "auto"
 
-    def objective_in(self, mode: str) -> str:
-        """The objective ranked by when measuring in ``mode`` (the one place ``auto`` is resolved)."""
-        if self.objective != "auto":
-            return self.objective
-        return "time_to_train" if mode == "train" else "throughput"
+    @property
+    def resolved_objective(self) -> str:
+        """The objective ranked by, the one place ``auto`` is resolved: projected time to train
+        ``epochs_planned`` epochs in every mode, unless throughput is asked for."""
+        return "time_to_train" if self.objective == "auto" else self.objective
 
 
 # --------------------------------------------------------------------------- pipeline params

@@ -7,6 +7,7 @@ timestamps in :mod:`pipetune.results` with these functions alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,14 +53,14 @@ def bootstrap_ci(
         seed: Seed of the resampling; the same seed gives the same interval.
 
     Returns:
-        ``(low, high)``, always containing ``statistic(values)``; ``(v, v)`` for one value.
+        ``(low, high)`` as the bootstrap gives it (with few values it may even miss
+        ``statistic(values)``: read such an interval as wide); ``(v, v)`` for one value.
     """
     array = _non_empty(values, "values")
     _check_confidence(confidence, resamples)
-    point = float(statistic(array, axis=-1))
     rng = np.random.default_rng(seed)
     estimates = statistic(_resample(array, resamples, rng), axis=-1)
-    return _percentile_interval(estimates, point, confidence)
+    return _percentile_interval(estimates, confidence)
 
 
 def ratio_ci(
@@ -88,7 +89,7 @@ def ratio_ci(
     rng = np.random.default_rng(seed)
     numerator_medians = np.median(_resample(numerator, resamples, rng), axis=-1)
     denominator_medians = np.median(_resample(denominator, resamples, rng), axis=-1)
-    low, high = _percentile_interval(numerator_medians / denominator_medians, point, confidence)
+    low, high = _percentile_interval(numerator_medians / denominator_medians, confidence)
     return point, low, high
 
 
@@ -108,17 +109,29 @@ def input_bound_band(fraction: float) -> str:
     return "highly"
 
 
-def projected_time_s(fill_s: float | None, steady_epoch_s: float, epochs: int) -> float:
-    """Projected training time: ``fill + (epochs - 1) * steady``, or ``epochs * steady``.
+def projected_time_s(startup_s: float, fill_s: float | None, boundary_s: float,
+                     steady_epoch_s: float, epochs: int) -> float:
+    """Projected seconds to train ``epochs`` epochs.
 
-    The cache-filling pass *is* the first epoch of a cached variant, so a cache only wins
-    when the planned epochs amortise its fill.
+    ``startup + fill + boundary * epochs + steady * (epochs - 1)`` for a cached variant (its
+    fill pass *is* its first epoch), ``startup + boundary * epochs + steady * epochs``
+    otherwise. So a cache wins only when the planned epochs amortise its fill.
     """
     if epochs < 1:
         raise ValueError(f"`epochs >= 1` must hold, but got {epochs}")
-    if fill_s is None:
-        return epochs * steady_epoch_s
-    return fill_s + (epochs - 1) * steady_epoch_s
+    steady_epochs = epochs if fill_s is None else epochs - 1
+    return startup_s + (fill_s or 0.0) + boundary_s * epochs + steady_epoch_s * steady_epochs
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectiveParts:
+    """The parts of a trial's projected time to train, in seconds (medians over repeats)."""
+
+    startup_s: float
+    fill_s: float | None
+    boundary_s: float
+    steady_epoch_s: float
+    time_to_train_s: float
 
 
 def repeat_throughputs(trial: TrialResult) -> list[float]:
@@ -131,23 +144,79 @@ def repeat_wait_fractions(trial: TrialResult) -> list[float]:
     return [input_wait_fraction(r.wait_ns, r.wall_ns) for r in trial.repeats]
 
 
-def repeat_time_to_train_s(trial: TrialResult, epochs: int) -> list[float]:
-    """Projected seconds to train ``epochs`` epochs, one value per timed repeat.
-
-    A repeat's steady epoch is ``steps_per_epoch`` steps at its mean wall time per step;
-    the fill pass (cached variants) is measured once and shared by every repeat.
-    """
+def repeat_steady_epoch_s(trial: TrialResult) -> list[float]:
+    """Per repeat, ``steps_per_epoch`` steps at the repeat's mean wall time per step (a repeat
+    that is a whole epoch gives its own wall time)."""
     if trial.steps_per_epoch <= 0:
         raise ValueError(
             f"`steps_per_epoch > 0` must hold to project time to train, "
             f"but got {trial.steps_per_epoch} for trial {trial.key!r}"
         )
+    return [trial.steps_per_epoch * r.wall_ns / NS_PER_S / len(r.step_ns) for r in trial.repeats]
+
+
+def repeat_time_to_train_s(trial: TrialResult, epochs: int) -> list[float]:
+    """Projected seconds to train ``epochs`` epochs, one value per timed repeat.
+
+    Start-up, fill and boundary are measured once per trial and shared by its repeats.
+    """
+    startup_s, fill_s, boundary_s = _once_parts(trial)
+    return [projected_time_s(startup_s, fill_s, boundary_s, steady, epochs)
+            for steady in repeat_steady_epoch_s(trial)]
+
+
+def objective_parts(trial: TrialResult, epochs: int) -> ObjectiveParts:
+    """The formula's parts for ``trial``: what the report and ``results.csv`` show."""
+    startup_s, fill_s, boundary_s = _once_parts(trial)
+    steady = median_iqr(repeat_steady_epoch_s(trial))[0]
+    return ObjectiveParts(startup_s, fill_s, boundary_s, steady,
+                          projected_time_s(startup_s, fill_s, boundary_s, steady, epochs))
+
+
+def _once_parts(trial: TrialResult) -> tuple[float, float | None, float]:
+    startup_s = (trial.startup_ns or 0) / NS_PER_S
     fill_s = None if trial.fill_ns is None else trial.fill_ns / NS_PER_S
-    times = []
-    for repeat in trial.repeats:
-        steady_epoch_s = trial.steps_per_epoch * repeat.wall_ns / NS_PER_S / len(repeat.step_ns)
-        times.append(projected_time_s(fill_s, steady_epoch_s, epochs))
-    return times
+    return startup_s, fill_s, (trial.boundary_ns or 0) / NS_PER_S
+
+
+def speedup_of(better: Sequence[float], worse: Sequence[float], objective: str) -> list[float]:
+    """Paired speed-ups of ``better`` over ``worse`` (>1 = better is faster), index by index:
+    a throughput ratio, or the inverse ratio of times."""
+    pairs = zip(better, worse, strict=True)
+    if objective == "throughput":
+        return [b / w for b, w in pairs]
+    return [w / b for b, w in pairs]
+
+
+def paired_speedup_ci(speedups: Sequence[float], confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Median of paired speed-ups (one per race round) with its bootstrap interval over rounds.
+
+    Pairing within a round cancels what the round shares (machine load, drift); resampling
+    rounds, not repeats, keeps each resample made of independent measurements.
+    """
+    low, high = bootstrap_ci(speedups, confidence=confidence, seed=seed)
+    return median_iqr(speedups)[0], low, high
+
+
+# Two-sided 99% Student-t quantiles by degrees of freedom (1-10); beyond, 10's is conservative.
+# 99%, not 95%: a race looks at its data after every round from the third, and each look is a
+# chance for two equal variants to look separated (simulated in tests/test_race.py).
+_T_995 = (63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169)
+
+
+def t_lower_bound(speedups: Sequence[float]) -> float:
+    """Student-t lower bound (99% two-sided) of the geometric mean speed-up (on log ratios).
+
+    A bootstrap interval can never be wider than the data: with three rounds it is their
+    min..max, so two equal variants look "better in every round" too often. The t bound widens
+    with few rounds and with noisy ones; a claim needs it too. 0 for a single round.
+    """
+    logs = np.log(_non_empty(speedups, "speedups"))
+    if logs.size < 2:
+        return 0.0
+    t = _T_995[min(logs.size - 1, len(_T_995)) - 1]
+    return float(np.exp(logs.mean() - t * logs.std(ddof=1) / np.sqrt(logs.size)))
 
 
 def repeat_objective_values(trial: TrialResult, objective: str, epochs: int) -> list[float]:
@@ -156,6 +225,11 @@ def repeat_objective_values(trial: TrialResult, objective: str, epochs: int) -> 
     if objective == "throughput":
         return repeat_throughputs(trial)
     return repeat_time_to_train_s(trial, epochs)
+
+
+def trial_objective_value(trial: TrialResult, objective: str, epochs: int) -> float:
+    """One number per trial: the median over its repeats (what a race round records)."""
+    return median_iqr(repeat_objective_values(trial, objective, epochs))[0]
 
 
 def trial_wait_fraction(trial: TrialResult) -> float:
@@ -186,12 +260,9 @@ def _resample(array: np.ndarray, resamples: int, rng: np.random.Generator) -> np
     return array[rng.integers(0, array.size, size=(resamples, array.size))]
 
 
-def _percentile_interval(
-    estimates: np.ndarray, point: float, confidence: float
-) -> tuple[float, float]:
+def _percentile_interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(estimates, [tail, 100 - tail])
-    # A percentile interval can miss its own point estimate (skewed or discrete bootstrap
-    # distributions with few repeats). Ranking and reports read "median inside its interval"
-    # as given, so widen the interval to include the point rather than show a contradiction.
-    return min(float(low), point), max(float(high), point)
+    # Reported as the bootstrap gives it, even where it misses ``point`` (skewed or discrete
+    # resamples of few repeats): widening it to fit would hide how little a few repeats say.
+    return float(low), float(high)

@@ -89,10 +89,11 @@ def _outcome(document: dict[str, Any], folder: Path) -> SweepOutcome:
     device_fields = dict(stored["device"])
     device_fields["gpus"] = tuple(Gpu(g["name"], tuple(g["compute_capability"]) if g["compute_capability"]
                                       else None) for g in device_fields["gpus"])
-    ranking = rank_sweep(spec, results, document["objective"])
+    raced = [trial_from_dict(t) for t in stored.get("race", [])]
+    ranking = rank_sweep(spec, results, document["objective"], raced)
     return SweepOutcome(spec, folder, document["strategy"], document["mode"], results, dropped,
                         ranking, Device(**device_fields), document["tuning_time_s"],
-                        document.get("budget_s"), _stored_diagnosis(document))
+                        document.get("budget_s"), _stored_diagnosis(document), tuple(raced))
 
 
 def _stored_diagnosis(document: dict) -> dict | None:

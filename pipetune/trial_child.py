@@ -92,17 +92,18 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         module = plan.load_module(scratch)
         dataset = module.make_dataset(training=True, cache_path=str(scratch / "cache"))
         consume = _consumer(request, dataset)
-        if request.consumer_ceiling:
-            dataset = _one_batch_in_memory(dataset)
         burst_plan = BurstPlan(request.warmup_steps, request.steps, request.repeats,
                                steps_per_epoch=_steps_per_epoch(request),
                                fill_epoch=params.cache != "none" and not request.consumer_ceiling,
-                               batch_size=params.batch_size)
+                               batch_size=params.batch_size, shuffle_buffer=params.shuffle_buffer)
+        if request.consumer_ceiling:
+            dataset = _one_batch_in_memory(dataset, burst_plan.steps_per_epoch)
         monitors = Monitors(interval_s=request.monitor_interval_s)
         monitors.start()
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         try:
-            timing = run_burst(dataset.repeat(), consume, burst_plan, examples_in=_batch_examples)
+            # Epoch by epoch (no ``repeat()``): the burst sees every epoch end.
+            timing = run_burst(dataset, consume, burst_plan, examples_in=_batch_examples)
         finally:
             whole = monitors.stop()
         burst_cpu_percent = 100 * (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
@@ -111,7 +112,9 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
     return TrialResult(
         key=request.key, role=request.role, params=params.model_dump(), state=TrialState.COMPLETE,
         batch_size=params.batch_size, steps_per_epoch=burst_plan.steps_per_epoch,
-        startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, repeats=timing.repeats,
+        startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, boundary_ns=timing.boundary_ns,
+        whole_epochs=timing.whole_epochs, repeats=timing.repeats,
+        cpu_s_per_example=_cpu_s_per_example(timing),
         # Windows shorter than the sampling interval hold no sample: the whole burst's CPU then.
         cpu_percent=cpu_percent if cpu_percent is not None else burst_cpu_percent,
         peak_rss_bytes=_as_int(peak_metric(whole, "host.rss_bytes")),
@@ -126,10 +129,16 @@ def _batch_examples(batch: Any) -> int:
     return int(batch[1].shape[0])
 
 
-def _one_batch_in_memory(dataset: Any) -> Any:
+def _one_batch_in_memory(dataset: Any, steps_per_epoch: int) -> Any:
+    """The consumer's ceiling: one batch held in memory, served as epochs of the usual length."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensors(next(iter(dataset)))
+    return tf.data.Dataset.from_tensors(next(iter(dataset))).repeat(steps_per_epoch)
+
+
+def _cpu_s_per_example(timing: Any) -> float | None:
+    examples = sum(r.examples for r in timing.repeats)
+    return timing.window_cpu_s / examples if examples else None
 
 
 def _steps_per_epoch(request: TrialRequest) -> int:

@@ -1,12 +1,17 @@
-"""burst.run_burst on a scripted clock and scripted batches: exact, no TensorFlow."""
+"""burst.run_burst on a scripted clock and a scripted epoch-by-epoch dataset: exact, no TensorFlow."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipetune import stats
 from pipetune.burst import BurstPlan, run_burst
-# --------------------------------------------------------------------------- run_burst, no TF
+
+MS = 1_000_000
 
 
 class ScriptedClock:
@@ -19,111 +24,173 @@ class ScriptedClock:
         return self.now
 
 
-def wait_of(index: int) -> int:
-    """Scripted time to produce batch ``index``: distinct for every batch."""
-    return 1_000_000 + 1_000 * index
+@dataclass(frozen=True)
+class Batch:
+    epoch: int
+    index: int
+    size: int
 
 
-def step_of(index: int) -> int:
-    return 5_000_000 + 7 * index
+class ScriptedDataset:
+    """``iter()`` gives one epoch of ``steps_per_epoch`` batches, as a tf.data.Dataset does.
 
+    Creating an iterator costs ``restart_ns`` (paid at its first ``next()``); batch i of an
+    epoch costs ``wait_ns(i)``; the last batch holds ``last_size`` examples.
+    """
 
-class ScriptedBatches:
-    """Endless batches 0, 1, 2, ...; producing batch i moves the clock by ``wait_of(i)``."""
+    def __init__(self, clock: ScriptedClock, steps_per_epoch: int, wait_ns=lambda i: MS,
+                 restart_ns: int = 0, batch_size: int = 8, last_size: int | None = None) -> None:
+        self.clock, self.steps_per_epoch, self.wait_ns = clock, steps_per_epoch, wait_ns
+        self.restart_ns, self.batch_size = restart_ns, batch_size
+        self.last_size = batch_size if last_size is None else last_size
+        self.epochs = 0
 
-    def __init__(self, clock: ScriptedClock, sizes: tuple[int, ...] = (8,)) -> None:
-        self.clock, self.sizes, self.produced = clock, sizes, 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            index = self.produced
-            self.clock.now += wait_of(index)
-            self.produced += 1
-            yield [index] * self.sizes[index % len(self.sizes)]
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epochs
+        self.epochs += 1
+        self.clock.now += self.restart_ns
+        for index in range(self.steps_per_epoch):
+            self.clock.now += self.wait_ns(index)
+            last = index == self.steps_per_epoch - 1
+            yield Batch(epoch, index, self.last_size if last else self.batch_size)
 
 
 class ScriptedConsumer:
-    """Records which batches it got; consuming batch i moves the clock by ``step_of(i)``."""
+    def __init__(self, clock: ScriptedClock, step_ns: int) -> None:
+        self.clock, self.step_ns, self.consumed = clock, step_ns, []
 
-    def __init__(self, clock: ScriptedClock) -> None:
-        self.clock, self.consumed = clock, []
-
-    def __call__(self, batch: list[int]) -> None:
-        self.consumed.append(batch[0])
-        self.clock.now += step_of(batch[0])
+    def __call__(self, batch: Batch) -> None:
+        self.consumed.append(batch)
+        self.clock.now += self.step_ns
 
 
-def burst(warmup_steps: int = 3, steps: int = 4, repeats: int = 2, steps_per_epoch: int = 5,
-          fill_epoch: bool = False, sizes: tuple[int, ...] = (8,), count: bool = False):
+def burst(steps_per_epoch: int, *, step_ns: int = 4 * MS, wait_ns=lambda i: MS, restart_ns: int = 0,
+          warmup_steps: int = 2, steps: int = 3, repeats: int = 2, fill_epoch: bool = False,
+          shuffle_buffer: int = 0, whole_epoch_s: float = 3.0, last_size: int | None = None):
     clock = ScriptedClock()
-    batches, consumer = ScriptedBatches(clock, sizes), ScriptedConsumer(clock)
-    plan = BurstPlan(warmup_steps, steps, repeats, steps_per_epoch, fill_epoch, batch_size=8)
-    start = clock.now
-    timing = run_burst(batches, consumer, plan, clock=clock,
-                       examples_in=len if count else None)
-    return timing, consumer.consumed, start
+    dataset = ScriptedDataset(clock, steps_per_epoch, wait_ns, restart_ns, last_size=last_size)
+    consumer = ScriptedConsumer(clock, step_ns)
+    plan = BurstPlan(warmup_steps, steps, repeats, steps_per_epoch, fill_epoch, batch_size=8,
+                     shuffle_buffer=shuffle_buffer, whole_epoch_s=whole_epoch_s)
+    cpu = iter(range(10**6))  # a CPU clock that ticks one second per reading
+    timing = run_burst(dataset, consumer, plan, clock=clock, examples_in=lambda b: b.size,
+                       cpu_clock=lambda: float(next(cpu)))
+    return timing, consumer.consumed, dataset
 
 
-def test_first_batch_latency_is_start_up_and_the_batch_is_still_consumed():
-    timing, consumed, _ = burst()
-    assert timing.startup_ns == wait_of(0)
-    assert consumed[0] == 0
+# --------------------------------------------------------------------------- start-up and fill
+
+
+def test_start_up_is_the_first_batch_and_its_step():
+    timing, consumed, _ = burst(100, restart_ns=7 * MS, whole_epoch_s=0.0)
+    assert timing.startup_ns == 7 * MS + MS + 4 * MS  # iterator, first batch, its step (tracing)
+    assert consumed[0] == Batch(0, 0, 8)
     assert timing.fill_ns is None
 
 
-def test_warm_up_steps_run_on_the_same_iterator_but_are_not_timed():
-    timing, consumed, _ = burst(warmup_steps=3, steps=4, repeats=2)
-    assert consumed == list(range(1 + 3 + 2 * 4))  # every batch consumed once, in order
-    first, second = timing.repeats
-    assert first.wait_ns == tuple(wait_of(i) for i in range(4, 8))  # batches 1-3 were warm-up
-    assert second.wait_ns == tuple(wait_of(i) for i in range(8, 12))
-
-
-def test_no_warm_up_times_from_the_second_batch():
-    timing, consumed, _ = burst(warmup_steps=0, steps=2, repeats=1)
-    assert consumed == [0, 1, 2]
-    assert timing.repeats[0].wait_ns == (wait_of(1), wait_of(2))
-
-
-def test_fill_epoch_consumes_steps_per_epoch_batches_from_the_start():
-    timing, consumed, _ = burst(warmup_steps=2, steps=3, repeats=1, steps_per_epoch=5,
+def test_the_fill_is_the_rest_of_the_first_epoch_without_start_up():
+    # A slow start-up (50 ms for the first batch) must not land in the fill.
+    timing, consumed, _ = burst(6, wait_ns=lambda i: 50 * MS if i == 0 else MS, restart_ns=3 * MS,
                                 fill_epoch=True)
-    assert consumed == list(range(5 + 2 + 3))
-    assert timing.fill_ns == sum(wait_of(i) + step_of(i) for i in range(5))  # start-up included
-    assert timing.repeats[0].wait_ns == tuple(wait_of(i) for i in range(7, 10))
+    assert timing.startup_ns == 3 * MS + 50 * MS + 4 * MS
+    assert timing.fill_ns == 5 * (MS + 4 * MS)  # batches 1-5 of epoch 0, start-up excluded
+    assert [b.index for b in consumed[:6]] == list(range(6)) and consumed[6].epoch == 1
 
 
-def test_fill_epoch_of_one_batch_is_the_first_batch():
-    timing, consumed, _ = burst(warmup_steps=0, steps=1, repeats=1, steps_per_epoch=1,
-                                fill_epoch=True)
-    assert consumed == [0, 1]
-    assert timing.fill_ns == wait_of(0) + step_of(0)
+# --------------------------------------------------------------------------- windows and epochs
+
+
+def test_short_epochs_are_timed_whole_each_from_a_fresh_iterator():
+    # 6 steps of 5 ms: a 30 ms epoch, well under 3 s.
+    timing, consumed, dataset = burst(6, restart_ns=2 * MS, steps=3, repeats=3)
+    assert timing.whole_epochs and timing.boundary_ns == 0
+    assert [len(r.step_ns) for r in timing.repeats] == [6, 6, 6]
+    # Epoch 0 is start-up and warm-up; then one whole epoch per repeat.
+    assert dataset.epochs == 4
+    for repeat in timing.repeats:
+        assert repeat.wait_ns[0] == 2 * MS + MS  # the restart is inside the window
+        assert repeat.wall_ns == 2 * MS + 6 * (MS + 4 * MS)
+
+
+def test_a_window_that_cannot_fit_between_buffer_fill_and_drain_means_whole_epochs():
+    # 20 steps per epoch, buffer of 64 = 8 batches at each end: 1 + 8 + 5 + 8 > 20.
+    timing, _, _ = burst(20, steps=5, shuffle_buffer=64, whole_epoch_s=0.0)
+    assert timing.whole_epochs
+
+
+def test_long_epochs_are_timed_in_mid_epoch_windows_with_a_fresh_iterator_each():
+    # 1000 steps of 5 ms: a 5 s epoch; buffer 32 = 4 batches to fill, 4 to drain.
+    timing, consumed, dataset = burst(1000, steps=10, repeats=3, warmup_steps=2, shuffle_buffer=32)
+    assert not timing.whole_epochs
+    assert [len(r.step_ns) for r in timing.repeats] == [10, 10, 10]
+    # Repeat 1 follows start-up (1) and warm-up (4 = the buffer fill); repeats 2 and 3 each
+    # open a fresh iterator and warm up again; the boundary measurement opens one more.
+    assert dataset.epochs == 4
+    epochs_of = [b.epoch for b in consumed]
+    assert epochs_of[5:15] == [0] * 10  # repeat 1: batches 5-14 of epoch 0
+    assert consumed[15] == Batch(1, 0, 8)  # a fresh iterator, not batch 15 of epoch 0
+
+
+def test_warm_up_covers_the_shuffle_buffer_fill():
+    plan = BurstPlan(2, 10, 3, 1000, False, batch_size=32, shuffle_buffer=1000)
+    assert plan.buffer_steps == 32 and plan.settle_steps == 32
+    assert BurstPlan(40, 10, 3, 1000, False, batch_size=32, shuffle_buffer=1000).settle_steps == 40
+    assert BurstPlan(2, 10, 3, 1000, False, batch_size=32).settle_steps == 2
+
+
+def test_the_boundary_is_the_drain_and_restart_beyond_steady_steps():
+    # Steady step 5 ms. The last 4 batches of an epoch (the drain) cost nothing to read; a new
+    # iterator costs 30 ms and its first batch (the buffer fill) 40 ms more.
+    spe = 1000
+
+    def wait(i: int) -> int:
+        return 40 * MS if i == 0 else (0 if i >= spe - 4 else MS)
+
+    timing, _, _ = burst(spe, wait_ns=wait, restart_ns=30 * MS, steps=10, repeats=2,
+                         warmup_steps=0, shuffle_buffer=32)
+    assert not timing.whole_epochs
+    # tail: 4 drain steps of 4 ms (saving 1 ms each) after the rest of the epoch at 5 ms each;
+    # head: 4 settle steps, the first with 30 + 40 ms of restart and fill.
+    expected = (30 * MS + 40 * MS - MS) - 4 * MS
+    assert timing.boundary_ns == expected
+    trial_steady = stats.median_iqr([r.wall_ns / len(r.step_ns) for r in timing.repeats])[0]
+    assert trial_steady == 5 * MS
+
+
+def test_examples_and_cpu_are_counted_inside_the_windows_only():
+    timing, _, _ = burst(6, steps=3, repeats=2, last_size=3)
+    assert [r.examples for r in timing.repeats] == [5 * 8 + 3] * 2  # the partial last batch
+    assert timing.window_cpu_s == 2.0  # one tick per window on the scripted CPU clock
 
 
 def test_wait_and_step_split_is_exact_on_a_scripted_clock():
-    timing, _, start = burst(warmup_steps=1, steps=3, repeats=2)
-    elapsed = start + sum(wait_of(i) + step_of(i) for i in range(2))  # start-up, warm-up
-    for number, repeat in enumerate(timing.repeats):
-        batches = range(2 + 3 * number, 2 + 3 * (number + 1))
-        requests = []
-        for i in batches:
-            requests.append(elapsed)
-            elapsed += wait_of(i) + step_of(i)
-        assert repeat.request_ns == tuple(requests)
-        assert repeat.wait_ns == tuple(wait_of(i) for i in batches)
-        assert repeat.step_ns == tuple(step_of(i) for i in batches)
-        assert repeat.end_ns == elapsed
+    timing, _, _ = burst(1000, steps=4, repeats=2, warmup_steps=1)
+    for repeat in timing.repeats:
+        assert repeat.wait_ns == (MS,) * 4 and repeat.step_ns == (4 * MS,) * 4
         assert repeat.wall_ns == sum(repeat.wait_ns) + sum(repeat.step_ns)
-        assert repeat.examples == 3 * 8
-        wait_fraction = stats.input_wait_fraction(repeat.wait_ns, repeat.wall_ns)
-        assert wait_fraction == sum(repeat.wait_ns) / repeat.wall_ns
     assert timing.windows == tuple((r.start_ns, r.end_ns) for r in timing.repeats)
 
 
-def test_examples_are_counted_per_batch_when_a_counter_is_given():
-    # Batches of 8, 8, 3 (an epoch of 19 examples), repeating; start-up takes the first.
-    timing, _, _ = burst(warmup_steps=0, steps=3, repeats=2, sizes=(8, 8, 3), count=True)
-    # Repeat 1 holds batches 1, 2, 3 (8 + 3 + 8), repeat 2 batches 4, 5, 6 (8 + 3 + 8).
-    assert [r.examples for r in timing.repeats] == [19, 19]
-    uncounted, _, _ = burst(warmup_steps=0, steps=3, repeats=2, sizes=(8, 8, 3))
-    assert [r.examples for r in uncounted.repeats] == [24, 24]  # batch_size per step
+@settings(max_examples=80, deadline=None)
+@given(spe=st.integers(1, 60), steps=st.integers(1, 12), repeats=st.integers(1, 3),
+       warmup=st.integers(0, 5), buffer=st.sampled_from([0, 8, 32, 200]), fill=st.booleans(),
+       step_ms=st.sampled_from([1, 100]))
+def test_a_window_never_crosses_an_epoch_end(spe, steps, repeats, warmup, buffer, fill, step_ms):
+    """Whatever the plan, every timed window is inside one epoch, and a window that reaches an
+    epoch's end is that whole epoch."""
+    clock = ScriptedClock()
+    dataset = ScriptedDataset(clock, spe)
+    seen: list[tuple[int, Batch]] = []  # (clock before the step, batch)
+
+    def consume(batch: Batch) -> None:
+        seen.append((clock.now, batch))
+        clock.now += step_ms * MS
+
+    plan = BurstPlan(warmup, steps, repeats, spe, fill, batch_size=8, shuffle_buffer=buffer)
+    timing = run_burst(dataset, consume, plan, clock=clock)
+    for repeat in timing.repeats:
+        inside = [b for t, b in seen if repeat.start_ns <= t <= repeat.end_ns]
+        assert len(inside) == len(repeat.step_ns)
+        assert len({b.epoch for b in inside}) == 1, "a window straddles an epoch end"
+        if inside[-1].index == spe - 1:
+            assert [b.index for b in inside] == list(range(spe)), "ends an epoch but is not whole"

@@ -28,7 +28,7 @@ def make_trial(
     step_ms: list[float],
     role: Role = Role.CANDIDATE,
     state: TrialState = TrialState.COMPLETE,
-    cpu_percent: float | None = None,
+    cpu_s_per_example: float | None = None,
     peak_rss_bytes: int | None = None,
     batch_size: int = 32,
     fill_ns: int | None = None,
@@ -45,7 +45,7 @@ def make_trial(
         steps_per_epoch=1000,
         fill_ns=fill_ns,
         repeats=tuple(make_repeat(round(ms * MS), batch_size) for ms in step_ms),
-        cpu_percent=cpu_percent,
+        cpu_s_per_example=cpu_s_per_example,
         peak_rss_bytes=peak_rss_bytes,
     )
 
@@ -76,7 +76,7 @@ def trial_lists(draw) -> list[TrialResult]:
                     make_repeat(step_us * US)
                     for step_us in draw(st.lists(st.integers(1, 12), max_size=4))
                 ),
-                cpu_percent=draw(st.none() | st.sampled_from([50.0, 100.0, 150.0])),
+                cpu_s_per_example=draw(st.none() | st.sampled_from([0.5, 1.0, 1.5])),
                 peak_rss_bytes=draw(st.none() | st.sampled_from([10, 20])),
             )
         )
@@ -149,7 +149,7 @@ def test_no_trial_is_placed_above_one_that_beats_it(trials, objective, epochs):
 
 def sweep_with_clear_winner() -> list[TrialResult]:
     return [
-        make_trial("winner", [1.0, 1.05, 0.95], cpu_percent=180.0),
+        make_trial("winner", [1.0, 1.05, 0.95], cpu_s_per_example=1.8),
         make_trial("middling", [1.5, 1.6, 1.4]),
         make_trial("naive", [3.0, 3.1, 2.9], role=Role.NAIVE),
         make_trial("autotune", [2.0, 2.1, 1.9], role=Role.AUTOTUNE_DEFAULT),
@@ -189,9 +189,9 @@ def test_overlapping_intervals_tie_and_lower_cpu_goes_first():
     # "fast" has the better median, but repeat 2 is worse than "frugal"'s repeat 2:
     # no domination, intervals overlap, so cost decides.
     trials = [
-        make_trial("fast", [10.0, 11.0, 12.0], cpu_percent=150.0),
-        make_trial("frugal", [11.5, 10.5, 12.5], cpu_percent=90.0),
-        make_trial("slow", [30.0, 31.0, 32.0], cpu_percent=10.0),
+        make_trial("fast", [10.0, 11.0, 12.0], cpu_s_per_example=1.5),
+        make_trial("frugal", [11.5, 10.5, 12.5], cpu_s_per_example=0.9),
+        make_trial("slow", [30.0, 31.0, 32.0], cpu_s_per_example=0.1),
     ]
     ranked = rank(trials, "throughput").ranked
     assert [r.trial.key for r in ranked] == ["frugal", "fast", "slow"]
@@ -202,9 +202,9 @@ def test_overlapping_intervals_tie_and_lower_cpu_goes_first():
 
 def test_tie_with_equal_cpu_is_broken_by_memory_then_key():
     trials = [
-        make_trial("b", [10.0, 11.0, 12.0], cpu_percent=100.0, peak_rss_bytes=5),
-        make_trial("a", [11.5, 10.5, 12.5], cpu_percent=100.0, peak_rss_bytes=9),
-        make_trial("c", [11.5, 10.5, 12.5], cpu_percent=100.0, peak_rss_bytes=5),
+        make_trial("b", [10.0, 11.0, 12.0], cpu_s_per_example=1.0, peak_rss_bytes=5),
+        make_trial("a", [11.5, 10.5, 12.5], cpu_s_per_example=1.0, peak_rss_bytes=9),
+        make_trial("c", [11.5, 10.5, 12.5], cpu_s_per_example=1.0, peak_rss_bytes=5),
         make_trial("d", [12.0, 10.0, 11.0]),  # unknown cost counts as most expensive
     ]
     assert [r.trial.key for r in rank(trials, "throughput").ranked] == ["b", "c", "a", "d"]
@@ -305,7 +305,7 @@ def test_rank_rejects_bad_arguments(objective, epochs, trials):
 
 def test_domination_outranks_cheaper_cost():
     trials = [
-        make_trial("cheap", [11.5, 10.5, 12.5], cpu_percent=10.0),
+        make_trial("cheap", [11.5, 10.5, 12.5], cpu_s_per_example=0.1),
         make_trial("dominant", [11.0, 10.0, 12.0]),  # better on every paired repeat
     ]
     ranked = rank(trials, "throughput").ranked

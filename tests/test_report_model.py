@@ -43,7 +43,8 @@ def make_repeat(step_ms: float, wait_ms: float, batch_size: int, start_ns: int,
 def make_trial(key: str, step_ms: list[float], role: Role = Role.CANDIDATE, wait_ms: float = 0.0,
                state: TrialState = TrialState.COMPLETE, reason: str = "", fill_ns: int | None = None,
                monitor: MonitorReport | None = None, environment: dict | None = None,
-               cpu_percent: float | None = 100.0, steps: int = STEPS, **params: object) -> TrialResult:
+               cpu_percent: float | None = 100.0, steps: int = STEPS,
+               cpu_s_per_example: float | None = None, **params: object) -> TrialResult:
     """One repeat per entry of ``step_ms``, each after the previous one, on one clock."""
     pipeline = PipelineParams(**params)
     repeats, start = [], 1_000 * MS
@@ -53,7 +54,8 @@ def make_trial(key: str, step_ms: list[float], role: Role = Role.CANDIDATE, wait
     return TrialResult(
         key=key, role=role, params=pipeline.model_dump(), state=state, reason=reason,
         batch_size=pipeline.batch_size, steps_per_epoch=STEPS_PER_EPOCH, fill_ns=fill_ns,
-        repeats=tuple(repeats), cpu_percent=cpu_percent, peak_rss_bytes=2**30,
+        repeats=tuple(repeats), cpu_percent=cpu_percent, cpu_s_per_example=cpu_s_per_example,
+        peak_rss_bytes=2**30,
         monitor=monitor or MonitorReport(accelerator_note=CPU_DEVICE.accelerator_note),
         environment=dict(ENV if environment is None else environment), budget_steps=steps,
     )
@@ -204,8 +206,9 @@ def test_step_breakdown_and_cache_fill_by_hand(tmp_path):
 
 
 def test_ranking_rows_mark_ties_and_split_parameters(tmp_path):
-    trials = [make_trial("fast", [1.0, 1.2], prefetch="autotune", cpu_percent=150.0),
-              make_trial("frugal", [1.1, 1.05], prefetch=2, cpu_percent=50.0),
+    # A tie is broken by CPU-seconds per example (not CPU%, a rate that favours slow variants).
+    trials = [make_trial("fast", [1.0, 1.2], prefetch="autotune", cpu_s_per_example=0.003),
+              make_trial("frugal", [1.1, 1.05], prefetch=2, cpu_s_per_example=0.001),
               make_trial("naive", [5.0, 5.0], Role.NAIVE)]
     report = build_report(make_outcome(tmp_path, trials))
     assert [(r.label, r.tied_with_previous) for r in report.rows] == [

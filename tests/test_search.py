@@ -32,12 +32,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipetune import cli, search, stats
+from pipetune import cli, race, search, stats
 from pipetune.claims import CLAIMS, ClaimBoard
 from pipetune.ranking import beats, rank
 from pipetune.results import RepeatTiming, Role, TrialResult, TrialState
 from pipetune.runner import study_name
-from pipetune.search import FULL_RUNG, SHORT_RUNG, SearchPlan, plan_search
+from pipetune.search import FULL_RUNG, RACE_RUNG, SHORT_RUNG, SearchPlan, plan_search
 from pipetune.serialize import trial_from_json
 from pipetune.space import Variant, variant_key
 from pipetune.spec import PipelineParams
@@ -404,12 +404,18 @@ def stored(db: Path, name: str) -> list[dict[str, Any]]:
         storage.engine.dispose()
 
 
+def screening(attrs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The search's measurements, without the final race's rounds."""
+    return [a for a in attrs if a["rung"] != RACE_RUNG]
+
+
 def by_pair(attrs: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
-    """{(variant_key, rung): result JSON}; fails on a measurement stored twice."""
-    pairs = [(a["variant_key"], a["rung"]) for a in attrs]
+    """{(variant_key, rung): result JSON} of the search; fails on a measurement stored twice
+    (a race measurement counts once per variant and round)."""
+    pairs = [(a["variant_key"], a["rung"], a.get("race_round")) for a in attrs]
     duplicates = sorted({p for p in pairs if pairs.count(p) > 1})
     assert not duplicates, f"measured more than once: {duplicates}"
-    return {(a["variant_key"], a["rung"]): a["result"] for a in attrs}
+    return {(a["variant_key"], a["rung"]): a["result"] for a in screening(attrs)}
 
 
 def results_of(attrs: list[dict[str, Any]], rung: int) -> dict[str, TrialResult]:
@@ -417,10 +423,15 @@ def results_of(attrs: list[dict[str, Any]], rung: int) -> dict[str, TrialResult]
 
 
 def assert_complete_once(db: Path, name: str, keys: set[str]) -> dict[tuple[str, int], str]:
-    """Every variant has exactly one full-rung result, complete; nothing else is stored."""
+    """Every variant has exactly one full-rung result, complete; besides, only race rounds of
+    known variants are stored, each once, in rounds 0, 1, ... (at least race.MIN_ROUNDS)."""
     attrs = stored(db, name)
     pairs = by_pair(attrs)
     assert set(pairs) == {(key, FULL_RUNG) for key in keys}
+    race_rounds = {(a["variant_key"], a["race_round"]) for a in attrs if a["rung"] == RACE_RUNG}
+    assert {key for key, _ in race_rounds} <= keys
+    assert {r for _, r in race_rounds} == set(range(len({r for _, r in race_rounds})))
+    assert len({r for _, r in race_rounds}) >= race.MIN_ROUNDS
     for key, result in results_of(attrs, FULL_RUNG).items():
         assert result.state is TrialState.COMPLETE, (key, result.reason)
         assert len(result.repeats) == 2
@@ -587,13 +598,16 @@ def test_json_document_has_the_documented_schema(grid_sweep: SweepRun) -> None:
     assert schema_problems(document["trials"], [TRIAL_ROW_DETAILS], "$.trials") == []
     assert document["schema_version"] == 2
     assert document["diagnosis"] is None  # a hand-listed space: no diagnosis behind it
-    assert [document[k] for k in ("mode", "strategy", "objective")] == ["simulate", "grid", "throughput"]
+    # objective auto: projected time to train, in every mode (simulate included)
+    assert [document[k] for k in ("mode", "strategy", "objective")] == ["simulate", "grid", "time_to_train"]
     assert document["spec"]["name"] == "sleepy"
     roles, states = {r.value for r in Role}, {s.value for s in TrialState}
     rows = document["trials"]
     assert all(row["role"] in roles and row["state"] in states for row in rows)
     assert sorted(row["key"] for row in rows) == sorted(expected_keys(SLEEP_SPACE))
-    assert sorted(row["key"] for row in rows) == sorted(a["variant_key"] for a in attrs)
+    assert sorted(row["key"] for row in rows) == sorted(a["variant_key"] for a in screening(attrs))
+    assert {row["key"] for row in document["race"]} <= {row["key"] for row in rows}
+    assert all(c["race_rounds"] >= race.MIN_ROUNDS for c in document["comparisons"])
     ranked = sorted((row for row in rows if row["rank"] is not None), key=lambda row: row["rank"])
     assert document["best"]["key"] == ranked[0]["key"]
     assert {c["reference"] for c in document["comparisons"]} <= {"naive", "autotune-default"}
@@ -628,7 +642,8 @@ def test_halving_finds_the_grid_winner_with_less_burst_time(
     assert references <= set(full)
     promoted = set(full) - references
     assert len(promoted) == round(len(candidates) * search.PROMOTE_FRACTION) == 1
-    assert promoted == {max(short, key=lambda key: stats.median_iqr(stats.repeat_throughputs(short[key]))[0])}
+    # promoted by the objective (auto: time to train over the default 30 epochs)
+    assert promoted == {min(short, key=lambda key: stats.trial_objective_value(short[key], "time_to_train", 30))}
 
     # The same winner, or one the grid's own measurements cannot tell from it.
     grid_results = list(results_of(grid_attrs, FULL_RUNG).values())

@@ -231,13 +231,13 @@ def test_a_spec_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 @pytest.mark.parametrize(("objective", "mode", "resolved"), [
-    ("auto", "train", "time_to_train"), ("auto", "simulate", "throughput"),
-    ("throughput", "train", "throughput"), ("time_to_train", "simulate", "time_to_train")])
+    ("auto", "train", "time_to_train"), ("auto", "simulate", "time_to_train"),
+    ("throughput", "train", "throughput"), ("time_to_train", "input", "time_to_train")])
 def test_the_objective_is_resolved_in_one_place_and_an_explicit_one_wins(objective, mode, resolved):
-    """Was: ``--mode`` silently overrode an explicit ``measure.objective``."""
+    """Was: ``--mode`` silently overrode an explicit ``measure.objective``; now no mode does."""
     from pipetune.spec import MeasureSpec
 
-    assert MeasureSpec(objective=objective).objective_in(mode) == resolved
+    assert MeasureSpec(mode=mode, objective=objective).resolved_objective == resolved
 
 
 def test_demo_spec_is_valid(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -92,9 +94,21 @@ def test_bootstrap_ci_accepts_another_statistic():
     seed=st.integers(0, 2**32 - 1),
     confidence=st.sampled_from([0.5, 0.9, 0.95, 0.99]),
 )
-def test_bootstrap_ci_contains_the_median(values, seed, confidence):
+def test_bootstrap_ci_lies_within_the_values(values, seed, confidence):
+    # No widening to contain the point estimate: the interval is what the bootstrap gives,
+    # and a median of resampled values never leaves their range.
     low, high = stats.bootstrap_ci(values, confidence=confidence, resamples=200, seed=seed)
-    assert low <= float(np.median(values)) <= high
+    assert min(values) <= low <= high <= max(values)
+
+
+def test_bootstrap_ci_is_the_plain_percentile_interval():
+    # Exactly the 2.5th and 97.5th percentiles of the resampled medians: nothing widened to
+    # contain the point estimate.
+    values = [1.0, 1.0, 1.0, 2.0, 50.0, 51.0]
+    rng = np.random.default_rng(4)
+    medians = np.median(np.asarray(values)[rng.integers(0, 6, size=(500, 6))], axis=-1)
+    expected = tuple(float(v) for v in np.percentile(medians, [2.5, 97.5]))
+    assert stats.bootstrap_ci(values, resamples=500, seed=4) == expected
 
 
 @pytest.mark.parametrize(
@@ -170,17 +184,24 @@ def test_input_bound_band_edges(fraction, band):
 
 
 def test_projected_time_without_fill_is_epochs_times_steady():
-    assert stats.projected_time_s(None, 3.0, 4) == 12.0
+    assert stats.projected_time_s(0.0, None, 0.0, 3.0, 4) == 12.0
 
 
 def test_projected_time_with_fill_counts_fill_as_first_epoch():
-    assert stats.projected_time_s(10.0, 3.0, 4) == 19.0
-    assert stats.projected_time_s(10.0, 3.0, 1) == 10.0
+    assert stats.projected_time_s(0.0, 10.0, 0.0, 3.0, 4) == 19.0
+    assert stats.projected_time_s(0.0, 10.0, 0.0, 3.0, 1) == 10.0
+
+
+def test_projected_time_counts_start_up_once_and_the_boundary_every_epoch():
+    # start-up 2 + fill 10 + boundary 0.5 x 4 + steady 3 x 3
+    assert stats.projected_time_s(2.0, 10.0, 0.5, 3.0, 4) == 2.0 + 10.0 + 2.0 + 9.0
+    # uncached: start-up 2 + boundary 0.5 x 4 + steady 3 x 4
+    assert stats.projected_time_s(2.0, None, 0.5, 3.0, 4) == 2.0 + 2.0 + 12.0
 
 
 def test_projected_time_rejects_zero_epochs():
     with pytest.raises(ValueError, match="epochs >= 1"):
-        stats.projected_time_s(None, 3.0, 0)
+        stats.projected_time_s(0.0, None, 0.0, 3.0, 0)
 
 
 # --- adapters on TrialResult ------------------------------------------------
@@ -228,3 +249,21 @@ def test_repeat_time_to_train_with_fill():
 def test_repeat_time_to_train_needs_steps_per_epoch():
     with pytest.raises(ValueError, match="steps_per_epoch > 0"):
         stats.repeat_time_to_train_s(make_trial(make_repeat(MS), steps_per_epoch=0), epochs=1)
+
+
+def test_objective_parts_of_a_trial():
+    trial = make_trial(make_repeat(100 * MS), make_repeat(300 * MS), steps_per_epoch=100,
+                       fill_ns=25_000 * MS)
+    trial = dataclasses.replace(trial, startup_ns=2_000 * MS, boundary_ns=500 * MS)
+    parts = stats.objective_parts(trial, epochs=3)
+    # steady epochs 10 s and 30 s: median 20 s; 2 + 25 + 0.5 x 3 + 20 x 2
+    assert parts == stats.ObjectiveParts(2.0, 25.0, 0.5, 20.0, 2.0 + 25.0 + 1.5 + 40.0)
+    assert stats.repeat_time_to_train_s(trial, epochs=3) == [2.0 + 25.0 + 1.5 + 20.0,
+                                                            2.0 + 25.0 + 1.5 + 60.0]
+
+
+def test_paired_speedups_divide_within_each_round():
+    # times: lower is better, so a speed-up of a over b is b / a
+    assert stats.speedup_of([1.0, 2.0], [2.0, 6.0], "time_to_train") == [2.0, 3.0]
+    assert stats.speedup_of([2.0, 6.0], [1.0, 2.0], "throughput") == [2.0, 3.0]
+    assert stats.paired_speedup_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)

@@ -136,7 +136,7 @@ class _Progress:
             self.bar.update(self.task, total=event.planned)
             return
         label = f"{event.variant.label} ({describe(event.variant.params)})"
-        burst = "short burst" if event.rung == 0 else "full burst"
+        burst = {0: "short burst", 2: "final race"}.get(event.rung, "full burst")
         if event.kind == "start":
             self.bar.update(self.task, description=f"measuring {event.variant.label}, {burst}")
         else:

@@ -6,8 +6,8 @@
 # Variant:     k-475d0a: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
 # Objective:   projected time to train 30 epochs (lower is better); every ratio in this file is a speed-up by it (> 1: faster)
 # Measured:    3047.6 examples/s (median of 3 bursts, 95% CI 2909.1-3200.0); input wait 25% of step time
-# Speed-up:    3.41x vs naive (95% CI 3.20-3.64, significant)
-# Speed-up:    1.75x vs autotune-default (95% CI 1.60-1.91, significant)
+# Speed-up:    3.33x vs naive (95% CI 3.13-3.55, significant)
+# Speed-up:    1.72x vs autotune-default (95% CI 1.58-1.87, significant)
 #
 # Data:        FILE_PATTERN is pipetune's copy of your data in 8 TFRecord shard(s). For your full or a new data set, write the same layout with
 #              pipetune shard <data.yaml> --shards 8 --compression none --out DIR
@@ -80,10 +80,10 @@ def make_dataset(file_pattern=FILE_PATTERN, training=True, cache_path=CACHE_PATH
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    # parallel map autotune: 2.65x vs sequential map (95% CI 2.47-2.93x, 3 screening bursts)
+    # parallel map autotune: 2.59x vs sequential map (95% CI 2.42-2.86x, 3 screening bursts)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # memory cache after the deterministic ops (filled in 0.9 s, once): 1.75x vs no cache (95% CI
-    # 1.60-1.91x, 3 screening bursts)
+    # memory cache after the deterministic ops (filled in 0.9 s, once): 1.72x vs no cache (95% CI
+    # 1.58-1.87x, 3 screening bursts)
     ds = ds.cache()
     ds = ds.map(
         lambda example: augment(example, training),
@@ -93,7 +93,7 @@ def make_dataset(file_pattern=FILE_PATTERN, training=True, cache_path=CACHE_PATH
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # batch 32 (not searched)
     ds = ds.batch(32, drop_remainder=False)
-    # prefetch autotune: 1.20x vs no prefetch (95% CI 1.08-1.34x, 3 screening bursts)
+    # prefetch autotune: 1.19x vs no prefetch (95% CI 1.07-1.32x, 3 screening bursts)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     ds = ds.with_options(make_options())
     return ds

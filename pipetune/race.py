@@ -1,0 +1,159 @@
+"""The final race: the verdict comes from a head-to-head, never from the screening numbers.
+
+After the search, the leaders and the references are measured again in interleaved rounds,
+each variant in a fresh process, in a rotating order (ABCD, then BCDA, ...), so every round
+sees every variant under the same machine conditions. A variant's value in a round is its
+objective (the median over that measurement's repeats); speed-ups are paired within rounds
+and bootstrapped over rounds (``ranking.paired_speedup``).
+
+Why a race: the screening numbers both select the best and would measure its speed-up, so the
+winner's number is biased upwards (selection bias); and screening measurements of different
+variants happen minutes apart, so machine drift enters every comparison.
+
+Who races: every candidate whose screening interval overlaps the leader's (at least the top
+``MIN_CANDIDATES``, at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's
+baseline. The race stops when the leader is separated from the runner-up, or at a round cap
+from the budget (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is
+claimed and stored in the study (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps
+the rounds already run and several workers can share a round.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pipetune import ranking
+from pipetune.ranking import PairedSpeedup, RankedTrial, Ranking
+from pipetune.results import Role, TrialResult, TrialState
+from pipetune.search import FULL_RUNG, RACE_RUNG, SearchEvent, SearchState, claim_key, measure_one
+from pipetune.serialize import trial_from_json
+from pipetune.space import Variant
+
+MIN_ROUNDS = ranking.MIN_ROUNDS_TO_CLAIM  # a race that cannot claim anything is not run
+MAX_ROUNDS = 6
+MIN_CANDIDATES = 3
+MAX_CANDIDATES = 5  # beyond the top few, overlapping candidates are left to the screening
+
+
+@dataclass(frozen=True, slots=True)
+class RaceDecision:
+    """Where a race stands: the best median, the second, and whether the first is separated."""
+
+    leader: str | None
+    runner_up: str | None
+    speedup: PairedSpeedup | None  # the leader over the runner-up
+
+    @property
+    def separated(self) -> bool:
+        return self.speedup is not None and self.speedup.separated
+
+
+def decide(scored: Sequence[RankedTrial], objective: str) -> RaceDecision:
+    """The stopping rule, pure: is the best median's paired speed-up over the second's lower
+    bound above 1 + MIN_EFFECT (over at least MIN_ROUNDS rounds)?"""
+    higher_is_better = objective == "throughput"
+    order = sorted(scored, key=lambda r: (-r.median if higher_is_better else r.median, r.trial.key))
+    if len(order) < 2:
+        return RaceDecision(order[0].trial.key if order else None, None, None)
+    leader, runner_up = order[0], order[1]
+    return RaceDecision(leader.trial.key, runner_up.trial.key,
+                        ranking.paired_speedup(leader, runner_up, objective))
+
+
+def decide_values(values: Mapping[str, Sequence[float]], objective: str) -> RaceDecision:
+    """``decide`` on bare numbers: variant key -> its value in rounds 0, 1, 2, ..."""
+    scored = []
+    for key, per_round in values.items():
+        trial = TrialResult(key=key, role=Role.CANDIDATE, params={}, state=TrialState.COMPLETE)
+        median = statistics.median(per_round)
+        scored.append(RankedTrial(trial, 0, median, median, median, False, 0, tuple(per_round),
+                                  rounds=tuple(range(len(per_round)))))
+    return decide(scored, objective)
+
+
+def racers(screening: Ranking) -> list[str]:
+    """Keys of the variants to race, in screening order: the leading candidates and the
+    references that have numbers."""
+    ranked = screening.ranked
+    if not ranked:
+        return []
+    leader = ranked[0]
+    candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
+    chosen = [r for i, r in enumerate(candidates)
+              if i < MIN_CANDIDATES or _overlaps(r, leader)][:MAX_CANDIDATES]
+    references = [r for r in ranked if r.trial.role is not Role.CANDIDATE]
+    keys = [r.trial.key for r in ranked if r in chosen or r in references]
+    return keys if len(keys) >= 2 else []
+
+
+def _overlaps(a: RankedTrial, b: RankedTrial) -> bool:
+    return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+
+
+def rotation(keys: Sequence[str], round_: int) -> list[str]:
+    """Round r's order: the keys rotated by r (ABCD, BCDA, CDAB, ...)."""
+    shift = round_ % len(keys) if keys else 0
+    return [*keys[shift:], *keys[:shift]]
+
+
+def round_cap(round_cost_s: float, remaining_s: float) -> int:
+    """Rounds the remaining budget pays for, never fewer than MIN_ROUNDS nor more than MAX_ROUNDS."""
+    fits = int(max(0.0, remaining_s) // round_cost_s) if round_cost_s > 0 else MAX_ROUNDS
+    return max(MIN_ROUNDS, min(MAX_ROUNDS, fits))
+
+
+def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking) -> list[TrialResult]:
+    """Race the leaders and the references of ``screening``; returns every race measurement."""
+    keys = [key for key in racers(screening) if key in variants]
+    if len(keys) < 2:
+        return []
+    cap = round_cap(len(keys) * _trial_cost_s(state), state.deadline - time.time())
+    state.on_event(SearchEvent("planned", planned=len(state.measured()) + cap * len(keys)))
+    for round_ in range(cap):
+        if decide(_scored(state), state.objective).separated:
+            break
+        for key in rotation(keys, round_):
+            _measure_round(state, variants[key], round_)
+        _wait_for_round(state, [variants[k] for k in keys], round_)
+    return race_results(state)
+
+
+def race_results(state: SearchState) -> list[TrialResult]:
+    """Every stored race measurement, ordered by round and key."""
+    found = [trial_from_json(t.user_attrs["result"]) for t in state.study.get_trials(deepcopy=False)
+             if t.user_attrs.get("rung") == RACE_RUNG and t.user_attrs.get("result")]
+    return sorted(found, key=lambda r: (r.race_round or 0, r.key))
+
+
+def _scored(state: SearchState) -> list[RankedTrial]:
+    return ranking.race_scores(race_results(state), [], state.objective, state.epochs)
+
+
+def _trial_cost_s(state: SearchState) -> float:
+    """Mean wall time of a full trial so far (process start, TensorFlow, burst)."""
+    walls = [r.trial_wall_s or 0.0 for (_, rung), r in state.results().items() if rung == FULL_RUNG]
+    return sum(walls) / len(walls) if walls else 10.0
+
+
+def _measure_round(state: SearchState, variant: Variant, round_: int) -> bool:
+    """One variant's measurement of one round, in a fresh process, claimed and stored."""
+    return measure_one(state, variant, RACE_RUNG, state.full_steps, race_round=round_)
+
+
+def _wait_for_round(state: SearchState, variants: list[Variant], round_: int) -> None:
+    """A round ends when every worker's measurement of it is stored; take over dead workers'."""
+    pending = variants
+    while pending:
+        pending = [v for v in pending if not state.board.is_done(claim_key(v.key, round_), RACE_RUNG)
+                   and not _measure_round(state, v, round_)]
+        if pending:
+            time.sleep(1.0)
+
+
+def rounds_run(results: Sequence[TrialResult]) -> int:
+    """How many rounds a race ran."""
+    return len({r.race_round for r in results})
+

@@ -1,0 +1,119 @@
+"""The final race's decision, on seeded simulated timings (no wall clock, no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipetune import race
+from pipetune.ranking import rank
+from pipetune.results import RepeatTiming, Role, TrialResult, TrialState
+from pipetune.serialize import trial_from_json, trial_to_json
+
+MS = 1_000_000
+
+
+def simulate(truth: dict[str, float], sigma: float, seed: int, cap: int = race.MAX_ROUNDS):
+    """A race as race.run plays it: a round of every variant (lognormal noise on its true
+    seconds), then the stopping rule, until separated or ``cap`` rounds."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {key: [] for key in truth}
+    for round_ in range(cap):
+        if round_ and race.decide_values(values, "time_to_train").separated:
+            break
+        for key, seconds in truth.items():
+            values[key].append(seconds * float(rng.lognormal(0.0, sigma)))
+    return race.decide_values(values, "time_to_train")
+
+
+@pytest.mark.parametrize("variants", [2, 4])
+@pytest.mark.parametrize("sigma", [0.03, 0.05, 0.10])
+def test_identical_variants_are_a_tie_in_at_least_95_percent_of_races(variants, sigma):
+    truth = {f"v{i}": 10.0 for i in range(variants)}
+    ties = sum(not simulate(truth, sigma, seed).separated for seed in range(200))
+    assert ties >= 190, f"{ties}/200 ties at {sigma:.0%} noise"
+
+
+def test_a_40x_gap_is_separated_in_every_race():
+    truth = {"fast": 1.0, "slow": 40.0}
+    for seed in range(50):
+        decision = simulate(truth, 0.10, seed)
+        assert decision.separated and decision.leader == "fast"
+        assert decision.speedup.rounds == race.MIN_ROUNDS  # stops as soon as a claim can be made
+
+
+def test_two_rounds_never_claim():
+    decision = race.decide_values({"fast": [1.0, 1.0], "slow": [40.0, 40.0]}, "time_to_train")
+    assert decision.leader == "fast" and not decision.separated
+
+
+def test_rotation_and_round_cap():
+    assert race.rotation(["a", "b", "c", "d"], 0) == ["a", "b", "c", "d"]
+    assert race.rotation(["a", "b", "c", "d"], 1) == ["b", "c", "d", "a"]
+    assert race.rotation(["a", "b", "c", "d"], 5) == ["b", "c", "d", "a"]
+    assert race.round_cap(round_cost_s=10.0, remaining_s=0.0) == race.MIN_ROUNDS
+    assert race.round_cap(round_cost_s=10.0, remaining_s=45.0) == 4
+    assert race.round_cap(round_cost_s=10.0, remaining_s=1e6) == race.MAX_ROUNDS
+
+
+# --------------------------------------------------------------------------- ranking from the race
+
+
+def trial(key: str, step_ms: float, role: Role = Role.CANDIDATE, race_round: int | None = None,
+          cpu: float | None = None) -> TrialResult:
+    step = round(step_ms * MS)
+    repeat = RepeatTiming(tuple(i * step for i in range(10)), (0,) * 10, (step,) * 10, 320)
+    return TrialResult(key=key, role=role, params={"k": key}, state=TrialState.COMPLETE,
+                       batch_size=32, steps_per_epoch=100, repeats=(repeat, repeat),
+                       cpu_s_per_example=cpu, race_round=race_round)
+
+
+def raced(steps_ms: dict[str, list[float]], roles: dict[str, Role] | None = None,
+          cpu: dict[str, float] | None = None) -> list[TrialResult]:
+    roles, cpu = roles or {}, cpu or {}
+    return [trial(key, ms, roles.get(key, Role.CANDIDATE), round_, cpu.get(key))
+            for key, per_round in steps_ms.items() for round_, ms in enumerate(per_round)]
+
+
+def test_the_race_not_the_screening_decides_and_claims():
+    # Screening flattered "lucky" (selection bias); in the race "steady" is faster each round.
+    screening = [trial("lucky", 1.0), trial("steady", 1.5), trial("naive", 4.0, Role.NAIVE)]
+    race_results = raced({"lucky": [3.0, 3.1, 3.0], "steady": [1.5, 1.5, 1.6],
+                          "naive": [4.0, 4.2, 4.1]}, {"naive": Role.NAIVE})
+    ranking = rank(screening, "time_to_train", epochs=3, race=race_results)
+    assert [r.trial.key for r in ranking.ranked] == ["steady", "lucky", "naive"]
+    (versus_naive,) = ranking.comparisons
+    assert versus_naive.rounds == 3 and versus_naive.significant
+    # Paired per round: 4.0/1.5, 4.2/1.5, 4.1/1.6 -> median 2.67 (not the screening 4.0/1.0)
+    assert versus_naive.speedup == pytest.approx(4.0 / 1.5, rel=1e-3)
+
+
+def test_a_race_tie_is_broken_by_cpu_seconds_per_example():
+    screening = [trial("a", 1.0), trial("b", 1.0), trial("naive", 1.0, Role.NAIVE)]
+    race_results = raced({"a": [1.0, 1.01, 0.99], "b": [1.0, 0.99, 1.01], "naive": [1.0, 1.0, 1.0]},
+                         {"naive": Role.NAIVE}, cpu={"a": 0.004, "b": 0.001, "naive": 0.002})
+    ranking = rank(screening, "time_to_train", race=race_results)
+    assert [r.trial.key for r in ranking.ranked] == ["b", "naive", "a"]
+    assert all(r.tied_with_previous for r in ranking.ranked[1:])
+    assert not any(c.significant for c in ranking.comparisons)
+
+
+def test_variants_that_did_not_race_follow_the_raced_ones():
+    screening = [trial("a", 1.0), trial("b", 1.2), trial("far", 9.0)]
+    ranking = rank(screening, "time_to_train", race=raced({"a": [1.0] * 3, "b": [1.2] * 3}))
+    assert [(r.trial.key, r.raced) for r in ranking.ranked] == [("a", True), ("b", True), ("far", False)]
+    assert [r.tie_group for r in ranking.ranked] == [1, 2, 3]
+
+
+def test_a_stored_race_ranks_the_same():
+    screening = [trial("a", 1.0), trial("naive", 3.0, Role.NAIVE)]
+    race_results = raced({"a": [1.0, 1.1, 0.9], "naive": [3.0, 3.3, 2.9]}, {"naive": Role.NAIVE})
+    stored = [trial_from_json(trial_to_json(r)) for r in race_results]
+    assert rank(screening, "time_to_train", race=stored) == rank(screening, "time_to_train", race=race_results)
+
+
+def test_racers_are_the_leading_candidates_and_the_references():
+    screening = rank([trial(f"c{i}", 1.0 + i) for i in range(8)]
+                     + [trial("naive", 20.0, Role.NAIVE), trial("auto", 0.5, Role.AUTOTUNE_DEFAULT)],
+                     "time_to_train")
+    assert race.racers(screening) == ["auto", "c0", "c1", "c2", "naive"]
