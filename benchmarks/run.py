@@ -52,7 +52,7 @@ class Settings:
 
     @property
     def head_to_head_orders(self) -> list[list[str]]:
-        order = ["naive", "autotune-default", "pick", "oracle"]
+        order = ["naive", "autotune-default", "pick", "oracle", "auto"]
         return [order[r:] + order[:r] for r in range(2 if self.quick else 4)]
 
 
@@ -69,9 +69,19 @@ def prepare_spec(workload: Workload, settings: Settings) -> Spec:
     return load_spec(folder / "data.yaml")
 
 
-def sweep(spec: Spec, out: Path, strategy: str | None, budget: float | None, seed: int) -> SweepOutcome:
+def sweep(spec: Spec, out: Path, strategy: str | None, budget: float | None, seed: int,
+          race: bool = True) -> SweepOutcome:
     shutil.rmtree(out, ignore_errors=True)  # every run measures afresh
-    return run_sweep(spec, SweepOptions(out_dir=out, strategy=strategy, budget_s=budget, seed=seed))
+    return run_sweep(spec, SweepOptions(out_dir=out, strategy=strategy, budget_s=budget, seed=seed, race=race))
+
+
+def auto_spec(workload: Workload, spec: Spec) -> Spec:
+    """(b): the same workload with no hand-listed space: the sweep diagnoses and derives one,
+    keeping only what the workload declares about its training and data."""
+    declared = {name: getattr(spec.search.space, name) for name in workload.declared}
+    space = type(spec.search.space)(auto=True, **declared)
+    return spec.model_copy(update={"name": spec.name + "-auto",
+                                   "search": spec.search.model_copy(update={"space": space})})
 
 
 def best(outcome: SweepOutcome) -> TrialResult:
@@ -135,15 +145,18 @@ def run_workload(workload: Workload, settings: Settings) -> dict:
     spec = prepare_spec(workload, settings)
     folder = settings.work / workload.name
     started = time.time()
-    # The grid runs first: the picks' budget is a fraction of its tuning time.
-    sweeps = {"grid": sweep(spec, folder / "grid", "grid", 10_000, 0)}
+    # The grid runs first: the picks' budget is a fraction of its tuning time. The oracle needs
+    # no race of its own: the head-to-head measures it again beside every other contender.
+    sweeps = {"grid": sweep(spec, folder / "grid", "grid", 10_000, 0, race=False)}
     budget = PICK_BUDGET_FRACTION * sweeps["grid"].tuning_time_s
     for seed, name in enumerate(("pick_a", "pick_b"), start=1):
         sweeps[name] = sweep(spec, folder / name, None, budget, seed)
+    sweeps["auto"] = sweep(auto_spec(workload, spec), folder / "auto", None, budget, 1)
     grid, pick = sweeps["grid"], sweeps["pick_a"]
     contenders = {"naive": reference(grid, Role.NAIVE).params,
                   "autotune-default": reference(grid, Role.AUTOTUNE_DEFAULT).params,
-                  "pick": best(pick).params, "oracle": best(grid).params}
+                  "pick": best(pick).params, "oracle": best(grid).params,
+                  "auto": best(sweeps["auto"]).params}
     contenders = {name: PipelineParams(**params) for name, params in contenders.items()}
     measured = head_to_head(spec, contenders, settings, folder / "head-to-head")
     # The consumer's limit at the pick's batch size: the step alone on one batch in memory.
@@ -159,6 +172,9 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
     objective, epochs = grid.ranking.objective, spec.measure.epochs_planned
     values = {name: round_values(results, objective, epochs) for name, results in measured.items()}
     vs = {name: speedup(values["pick"], values[name], objective) for name in ("oracle", "autotune-default", "naive")}
+    auto_vs = {name: speedup(values["auto"], values[name], objective) for name in ("pick", "autotune-default")}
+    auto = sweeps["auto"]
+    diagnosis = auto.diagnosis or {}
     pick_throughput = [v for r in measured["pick"] for v in stats.repeat_throughputs(r)]
     ceiling_throughput = stats.repeat_throughputs(ceiling) if ceiling.repeats else [float("nan")]
     pick_trial = best(pick)
@@ -176,10 +192,23 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
         "declares_tie": not any(c.significant for c in pick.ranking.comparisons),
         "pick_of_ceiling": stats.median_iqr(pick_throughput)[0] / stats.median_iqr(ceiling_throughput)[0],
         "pick_cache": pick_trial.params["cache"],
+        **{f"auto_vs_{k}": v[0] for k, v in auto_vs.items()},
+        **{f"auto_vs_{k}_ci": f"{v[1]:.2f}-{v[2]:.2f}" for k, v in auto_vs.items()},
+        "auto_tuning_s": auto.tuning_time_s, "auto_bottleneck": diagnosis.get("bottleneck", {}).get("kind"),
+        "auto_candidates": len(auto.ranking.ranked), "auto_declares_tie": not any(
+            c.significant for c in auto.ranking.comparisons),
+        # The diagnosis' predicted rate against what the head-to-head measured for the auto pick.
+        "auto_measured_over_predicted": _measured_over_predicted(measured["auto"], diagnosis),
         "wall_s": wall_s,
     }
     row["targets"] = "; ".join(missed_targets(workload, row, vs)) or "met"
     return row
+
+
+def _measured_over_predicted(results: list[TrialResult], diagnosis: dict) -> float:
+    predicted = diagnosis.get("predicted_rate")
+    rates = [v for r in results for v in stats.repeat_throughputs(r)]
+    return stats.median_iqr(rates)[0] / predicted if predicted and rates else float("nan")
 
 
 def missed_targets(workload: Workload, row: dict, vs: dict) -> list[str]:
@@ -200,6 +229,23 @@ def missed_targets(workload: Workload, row: dict, vs: dict) -> list[str]:
         missed.append("a cache won with 1 epoch planned")
     if workload.nothing_beats_autotune and not row["declares_tie"]:
         missed.append("no tie declared on a consumer-bound workload")
+    missed += _missed_auto_targets(workload, row)
+    return missed
+
+
+def _missed_auto_targets(workload: Workload, row: dict) -> list[str]:
+    """(b), the automatic space: as good as the hand-listed one, for no more tuning time."""
+    missed = []
+    if row["auto_vs_pick"] < 0.95:
+        missed.append("auto pick below 95% of the hand-listed pick")
+    if row["auto_tuning_s"] > row["pick_tuning_s"]:
+        missed.append("auto tuning longer than the hand-listed sweep")
+    if workload.auto_must_beat_autotune_5x and row["auto_vs_autotune-default"] < 5.0:
+        missed.append("auto pick < 5x autotune-default")
+    if workload.nothing_beats_autotune and (row["auto_tuning_s"] > 60 or not row["auto_declares_tie"]):
+        missed.append("auto: no consumer-bound tie within 60 s")
+    if not 0.5 <= row["auto_measured_over_predicted"] <= 2.0:
+        missed.append("diagnosis' prediction off by more than 2x")
     return missed
 
 
@@ -230,6 +276,20 @@ def write_tables(rows: list[dict], overhead: dict, settings: Settings, wall_s: f
             f"{r['pick_vs_naive']:.2f} ({r['pick_vs_naive_ci']}) | {r['tuning_ratio']:.2f} | "
             f"{'yes' if r['repeatable'] else 'no'} | {'yes' if r['declares_tie'] else 'no'} | "
             f"{r['unconfirmed_claims'] or '-'} | {r['pick_of_ceiling']:.2f} | {r['targets']} |")
+    lines += ["", "## (b) the automatic space (no `search.space`: diagnose, then search)", "",
+              "Same head-to-head rounds as above. *auto vs pick*: the automatic space's pick over the "
+              "hand-listed space's pick (>= 0.95 is the target); *measured / predicted*: the head-to-head "
+              "rate of the auto pick over the rate the diagnosis predicted (within 2x is the target).", "",
+              "| workload | bottleneck | candidates | auto vs pick | auto vs autotune-default | "
+              "tuning s (auto / listed) | tie declared | measured / predicted |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['auto_bottleneck']} | {r['auto_candidates']} | "
+            f"{r['auto_vs_pick']:.2f} ({r['auto_vs_pick_ci']}) | "
+            f"{r['auto_vs_autotune-default']:.2f} ({r['auto_vs_autotune-default_ci']}) | "
+            f"{r['auto_tuning_s']:.0f} / {r['pick_tuning_s']:.0f} | "
+            f"{'yes' if r['auto_declares_tie'] else 'no'} | {r['auto_measured_over_predicted']:.2f} |")
     met = sum(r["repeatable"] for r in rows)
     unconfirmed = sum(bool(r["unconfirmed_claims"]) for r in rows)
     lines += ["", f"Repeatability: {met} of {len(rows)} workload pairs (target: at least 9 of 10). "

@@ -26,6 +26,10 @@ class Workload:
     cache_must_not_win: bool = False
     nothing_beats_autotune: bool = False  # consumer-bound: the verdict must be a tie
     files: dict[str, Any] = field(default_factory=dict)  # name -> writer(path)
+    # What the automatic-space run (b) keeps from the hand-listed space: facts about the user's
+    # training (shuffle, batch size) and data (e.g. "too big to cache"), not tuning choices.
+    declared: tuple[str, ...] = ("shuffle_buffer", "batch_size")
+    auto_must_beat_autotune_5x: bool = False  # target for (b): >= 5x autotune-default
 
 
 IMAGE_OPS = [
@@ -91,7 +95,7 @@ WORKLOADS = [
     Workload("2-cache-pays", "expensive deterministic decode, 30 epochs",
              _spec("cache-pays", _images(256, 224), IMAGE_OPS, 5, CACHE_SPACE,
                    measure={"epochs_planned": 30}),
-             must_beat_autotune=True),
+             must_beat_autotune=True, auto_must_beat_autotune_5x=True),
     Workload("3-cache-one-epoch", "the same data, 1 epoch: a cache cannot pay off",
              _spec("cache-one-epoch", _images(256, 224), IMAGE_OPS, 5, CACHE_SPACE,
                    measure={"epochs_planned": 1}),
@@ -128,7 +132,8 @@ WORKLOADS = [
                    {"shards": [1], "interleave_cycle": [1], "map_parallel": [1, "autotune", 16],
                     "cache": ["none"], "shuffle_buffer": [1024], "batch_size": [32],
                     "prefetch": [0, "autotune"], "private_threadpool_size": [0, 16]}),
-             must_beat_autotune=False),
+             must_beat_autotune=False, declared=("shuffle_buffer", "batch_size", "cache"),
+             auto_must_beat_autotune_5x=True),
     Workload("9-train-demo", "train mode: the demo's synthetic JPEGs and small_cnn share the CPU",
              _spec("train-demo", {**_images(512, 96), "num_classes": 10},
                    [{"decode_image": {"key": "image", "channels": 3}},

@@ -25,6 +25,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import optuna
+
 from pipetune import ranking
 from pipetune.ranking import PairedSpeedup, RankedTrial, Ranking
 from pipetune.results import Role, TrialResult, TrialState
@@ -99,6 +101,12 @@ def rotation(keys: Sequence[str], round_: int) -> list[str]:
     return [*keys[shift:], *keys[:shift]]
 
 
+def reserve_trials(references: int) -> int:
+    """Full trials a sweep keeps of its budget for the race: its minimum rounds of the
+    references and the top candidates."""
+    return MIN_ROUNDS * (references + MIN_CANDIDATES)
+
+
 def round_cap(round_cost_s: float, remaining_s: float) -> int:
     """Rounds the remaining budget pays for, never fewer than MIN_ROUNDS nor more than MAX_ROUNDS."""
     fits = int(max(0.0, remaining_s) // round_cost_s) if round_cost_s > 0 else MAX_ROUNDS
@@ -123,7 +131,12 @@ def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking)
 
 def race_results(state: SearchState) -> list[TrialResult]:
     """Every stored race measurement, ordered by round and key."""
-    found = [trial_from_json(t.user_attrs["result"]) for t in state.study.get_trials(deepcopy=False)
+    return stored_race(state.study.get_trials(deepcopy=False))
+
+
+def stored_race(trials: Sequence[optuna.trial.FrozenTrial]) -> list[TrialResult]:
+    """The race measurements among a study's trials, ordered by round and key."""
+    found = [trial_from_json(t.user_attrs["result"]) for t in trials
              if t.user_attrs.get("rung") == RACE_RUNG and t.user_attrs.get("result")]
     return sorted(found, key=lambda r: (r.race_round or 0, r.key))
 

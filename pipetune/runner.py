@@ -40,6 +40,7 @@ class SweepOptions:
     storage: str | None = None
     resume: bool = False
     seed: int | None = None
+    race: bool = True  # False: rank by the screening alone (a benchmark's oracle grid)
 
 
 def effective_mode(spec: Spec, override: str | None) -> str:
@@ -102,10 +103,12 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     known = {v.key: v for v in [*candidates, *references]}
     used, stopped, raced = options.strategy or spec.search.strategy, None, []
     try:
-        used = search.run(state, used, references, candidates)
+        used = search.run(state, used, references, candidates,
+                          race.reserve_trials(len(references)) if options.race else 0)
         # The verdict comes from a head-to-head of the leaders and the references, not from
         # the screening numbers that chose the leaders (selection bias).
-        raced = race.run(state, known, rank_sweep(spec, search.final_results(state), objective))
+        if options.race:
+            raced = race.run(state, known, rank_sweep(spec, search.final_results(state), objective))
     except SweepStopped as stop:
         stopped = stop  # the outcome so far is still ranked and written
     finally:

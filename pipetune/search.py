@@ -16,6 +16,7 @@ trial with the raw result attached, so ``--resume`` loses and repeats nothing.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -100,8 +101,9 @@ def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Stud
 
 
 def run(state: SearchState, strategy: str, references: list[Variant],
-        candidates: list[Variant]) -> str:
-    """Measure the references, then the candidates by ``strategy``.
+        candidates: list[Variant], reserve_trials: int = 0) -> str:
+    """Measure the references, then the candidates by ``strategy``; ``reserve_trials`` full
+    trials of the budget are kept for what follows the search (the final race).
 
     Returns what was run, in words: the strategy, and the sample of the space when the budget
     fitted only part of it (e.g. "grid over a budget sample of 9 of 23 variants").
@@ -113,7 +115,10 @@ def run(state: SearchState, strategy: str, references: list[Variant],
     order = _seeded_order(candidates, state.seed)
     sample = ""
     if strategy == "auto":
-        plan = plan_search(len(order), *_costs_so_far(state), state.deadline - time.time())
+        costs = _costs_so_far(state)
+        reserve_s = reserve_trials * (costs.overhead_s + costs.full_burst_s)
+        plan = plan_search(len(order), costs.overhead_s, costs.full_burst_s,
+                           state.deadline - time.time() - reserve_s, costs.short_fraction)
         strategy = plan.strategy
         for variant in order[plan.variants:]:
             state.skipped.setdefault(variant.key, "not run: the budget fits only a sample of the "
@@ -141,15 +146,17 @@ class SearchPlan:
     estimated_s: float
 
 
-def plan_search(candidates: int, overhead_s: float, full_burst_s: float, remaining_s: float) -> SearchPlan:
+def plan_search(candidates: int, overhead_s: float, full_burst_s: float, remaining_s: float,
+                short_fraction: float = SHORT_FRACTION) -> SearchPlan:
     """Pick the strategy that covers the most candidates within the remaining budget.
 
     A trial costs a fixed overhead (a fresh process, TensorFlow's import, tracing) plus its
-    burst. A short burst saves only burst time, so when the overhead dominates, halving costs
-    more than grid and grid wins; when bursts dominate, halving covers more of the space.
+    burst. A short burst saves only burst time (none when epochs are short enough to be timed
+    whole: ``short_fraction`` 1), so when the overhead dominates, halving costs more than grid
+    and grid wins; when bursts dominate, halving covers more of the space.
     """
     full = overhead_s + full_burst_s
-    short = overhead_s + full_burst_s * SHORT_FRACTION
+    short = overhead_s + full_burst_s * short_fraction
     per_variant = {"grid": full, "halving": short + full * PROMOTE_FRACTION}
     best = min(per_variant, key=lambda name: (per_variant[name], name != "grid"))
     fits = int(max(0.0, remaining_s) // per_variant[best])
@@ -159,17 +166,27 @@ def plan_search(candidates: int, overhead_s: float, full_burst_s: float, remaini
     return SearchPlan(best, count, count * per_variant[best])
 
 
-def _costs_so_far(state: SearchState) -> tuple[float, float]:
-    """(overhead, full burst) seconds per trial, as the full trials so far took."""
-    walls, bursts = [], []
+@dataclass(frozen=True, slots=True)
+class TrialCosts:
+    overhead_s: float  # a trial's fixed cost: process, TensorFlow, tracing
+    full_burst_s: float
+    short_fraction: float  # a short burst's share of a full one (1: epochs are timed whole)
+
+
+def _costs_so_far(state: SearchState) -> TrialCosts:
+    """What a trial costs, as the median full trial so far took (one slow trial, a cache fill
+    or a slow reference, does not shrink the plan)."""
+    walls, bursts, whole = [], [], False
     for (_, rung), result in state.results().items():
         if rung == FULL_RUNG and result.repeats:
             walls.append(result.trial_wall_s or 0.0)
             bursts.append(sum(r.wall_ns for r in result.repeats) / 1e9 + (result.fill_ns or 0) / 1e9)
+            whole = whole or result.whole_epochs
     if not walls:
-        return 10.0, 10.0
-    burst = max(bursts)
-    return max(0.0, max(walls) - burst), burst
+        return TrialCosts(10.0, 10.0, SHORT_FRACTION)
+    burst = statistics.median(bursts)
+    return TrialCosts(max(0.0, statistics.median(walls) - burst), burst,
+                      1.0 if whole else SHORT_FRACTION)
 
 
 def _measure_all(state: SearchState, variants: list[Variant], rung: int,

@@ -4,6 +4,8 @@ and carries its evidence into best_pipeline.py."""
 
 from __future__ import annotations
 
+import re
+
 import ast
 import collections
 import datetime
@@ -266,8 +268,8 @@ def test_searched_levers_carry_their_evidence_into_best_pipeline(tmp_path):
         return " ".join(line.strip().lstrip("# ") for line in lines[start:at])
 
     read = comment_before("ds = tf.data.TFRecordDataset(files, compression_type=COMPRESSION, num_parallel_reads=4)")
-    assert "parallel reads 4: 2.00x vs one file read at a time (95% CI" in read
+    assert re.search(r"parallel reads 4: \d\.\d\dx vs one file read at a time \(95% CI", read), read
     batched = comment_before("ds = ds.map(prepare_batch")
-    assert "parse and ops on whole batches: 1.52x vs parse and ops per element" in batched
+    assert re.search(r"parse and ops on whole batches: \d\.\d\dx vs parse and ops per element", batched), batched
     options = comment_before("ds = ds.with_options(make_options())")
-    assert "model compiled with XLA (jit_compile): 1.24x vs model without XLA" in options
+    assert re.search(r"model compiled with XLA \(jit_compile\): \d\.\d\dx vs model without XLA", options), options

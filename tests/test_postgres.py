@@ -40,7 +40,7 @@ from pipetune import storage
 from pipetune.claims import CLAIMS
 from pipetune.errors import StorageError, StorageLostError
 from pipetune.runner import study_name
-from pipetune.search import FULL_RUNG
+from pipetune.search import FULL_RUNG, RACE_RUNG
 from pipetune.space import variant_key
 from pipetune.spec import PipelineParams
 from pipetune.validate import load_spec
@@ -226,8 +226,10 @@ def stored(url: str, name: str) -> list[tuple[str, int, str]]:
     rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
     try:
         study = optuna.load_study(study_name=name, storage=rdb)
+        # The search's measurements; the final race's rounds (RACE_RUNG) are checked apart.
         return [(t.user_attrs["variant_key"], t.user_attrs["rung"], t.user_attrs["result"])
-                for t in study.get_trials(deepcopy=False) if t.user_attrs.get("result")]
+                for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("result") and t.user_attrs["rung"] != RACE_RUNG]
     finally:
         rdb.engine.dispose()
 
@@ -251,8 +253,21 @@ def once_each(url: str, name: str, keys: set[str]) -> dict[tuple[str, int], str]
     rows = stored(url, name)
     pairs = [(key, rung) for key, rung, _ in rows]
     assert sorted(pairs) == sorted((key, FULL_RUNG) for key in keys), "a variant is missing or stored twice"
+    rounds = race_rounds(url, name)
+    assert len(rounds) == len(set(rounds)), "a race round measured a variant twice"
     assert all(done for *_, done in claims(url, name))
     return {(key, rung): text for key, rung, text in rows}
+
+
+def race_rounds(url: str, name: str) -> list[tuple[str, int]]:
+    """(variant_key, round) of every stored measurement of the final race."""
+    rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    try:
+        study = optuna.load_study(study_name=name, storage=rdb)
+        return [(t.user_attrs["variant_key"], t.user_attrs["race_round"])
+                for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rung") == RACE_RUNG]
+    finally:
+        rdb.engine.dispose()
 
 
 def running_trial(worker: Worker, out: Path, url: str, name: str) -> bool:
