@@ -133,7 +133,7 @@ def run(state: SearchState, strategy: str, references: list[Variant],
     elif strategy == "halving":
         _halving(state, order)
     elif strategy == "tpe":
-        _tpe(state, order)
+        _tpe(state, order, references)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     return strategy + sample
@@ -296,19 +296,19 @@ def _halving(state: SearchState, order: list[Variant]) -> None:
     _measure_all(state, promoted, FULL_RUNG)
 
 
-def _tpe(state: SearchState, order: list[Variant]) -> None:
+def _tpe(state: SearchState, order: list[Variant], references: list[Variant] = ()) -> None:
     """Optuna's TPE over the dimensions that vary, one categorical parameter each.
 
     TPE learns which value of each dimension does well. A proposal that is not a valid variant
-    is told as failed; one already measured is told its known value; a run of repeats (TPE
-    converged on a small space) falls back to the next unmeasured variant in the seeded order.
+    is told as failed; one already measured (a reference's point too) is told its known value;
+    a run of repeats (TPE converged on a small space) falls back to the next unmeasured variant
+    in the seeded order.
     """
     dims = [name for name in NAMES if len({repr(getattr(v.params, name)) for v in order}) > 1]
     choices = {name: sorted({repr(getattr(v.params, name)) for v in order}) for name in dims}
-    by_combo = {tuple(repr(getattr(v.params, d)) for d in dims): v for v in order}
+    by_combo = variants_by_combo(order, references, dims, choices)
     distributions = {d: optuna.distributions.CategoricalDistribution(choices[d]) for d in dims}
-    local = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=state.seed),
-                                direction=state.study.direction)
+    local = tpe_study(state, by_combo, dims, distributions)
     misses = 0  # proposals in a row that were invalid or already measured
     while time.time() < state.deadline and (pending := _unmeasured(state, order)):
         trial = local.ask(distributions)
@@ -326,6 +326,33 @@ def _tpe(state: SearchState, order: list[Variant]) -> None:
             _tell(local, local.ask(distributions), _measure_full(state, variant))
     for variant in _unmeasured(state, order):
         state.skipped.setdefault(variant.key, "not run: not proposed by TPE within the budget")
+
+
+def variants_by_combo(order: list[Variant], references: list[Variant], dims: list[str],
+                      choices: dict[str, list[str]]) -> dict[tuple[str, ...], Variant]:
+    """The variant at each point TPE can propose: the candidates, and the references whose
+    values lie in the space (a candidate wins a shared point)."""
+    def combo(variant: Variant) -> tuple[str, ...]:
+        return tuple(repr(getattr(variant.params, d)) for d in dims)
+
+    in_space = [r for r in references if all(value in choices[d] for d, value in zip(dims, combo(r)))]
+    return {**{combo(r): r for r in in_space}, **{combo(v): v for v in order}}
+
+
+def tpe_study(state: SearchState, by_combo: dict[tuple[str, ...], Variant], dims: list[str],
+              distributions: dict[str, optuna.distributions.BaseDistribution]) -> optuna.Study:
+    """TPE's own in-memory study, told every point already measured (so a resumed sweep's TPE
+    starts from what the stored study knows, not from nothing)."""
+    local = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=state.seed),
+                                direction=state.study.direction)
+    measured = state.measured()
+    for combo, variant in by_combo.items():
+        if (variant.key, FULL_RUNG) in measured:
+            value = measured[(variant.key, FULL_RUNG)]
+            local.add_trial(optuna.trial.create_trial(
+                params=dict(zip(dims, combo)), distributions=distributions, value=value,
+                state=optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL))
+    return local
 
 
 def _measure_full(state: SearchState, variant: Variant) -> float | None:

@@ -202,6 +202,25 @@ def test_tpe_measures_each_variant_at_most_once_and_covers_a_small_space(fake_se
     assert {key for key, _ in measure.calls} == keys
 
 
+def test_tpe_starts_from_every_stored_measurement_and_never_fails_a_known_point(fake_search) -> None:
+    """A resumed TPE (a new worker on the same storage) is told what is stored, as values:
+    a reference's point is not a failure."""
+    first = fake_search(FakeMeasure())
+    search.run(first, "grid", FAKE_REFERENCES, FAKE_CANDIDATES[:3])
+    resumed = fake_search(FakeMeasure())
+    dims = ["map_parallel", "prefetch"]
+    choices = {"map_parallel": ["1", "2", "3", "4"], "prefetch": ["'autotune'", "0"]}
+    by_combo = search.variants_by_combo(FAKE_CANDIDATES[:4], FAKE_REFERENCES, dims, choices)
+    assert ("2", "'autotune'") in by_combo  # autotune-default's point, from the references
+    distributions = {d: optuna.distributions.CategoricalDistribution(choices[d]) for d in dims}
+    study = search.tpe_study(resumed, by_combo, dims, distributions)
+    told = {tuple(t.params[d] for d in dims): t for t in study.trials}
+    measured = {k for k, _ in resumed.measured()}
+    assert {combo for combo, v in by_combo.items() if v.key in measured} == set(told)
+    assert ("2", "'autotune'") in told and ("4", "0") not in told  # measured vs not yet
+    assert all(t.state is optuna.trial.TrialState.COMPLETE for t in told.values())
+
+
 def test_tpe_stops_at_the_budget_and_lists_the_rest_as_skipped(fake_search) -> None:
     measure = FakeMeasure()
     state = fake_search(measure)
