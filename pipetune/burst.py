@@ -59,6 +59,7 @@ class BurstTiming:
     repeats: tuple[RepeatTiming, ...]
     windows: tuple[tuple[int, int], ...]  # (start_ns, end_ns) of each timed repeat
     window_cpu_s: float = 0.0  # process CPU seconds spent inside the timed windows
+    fill_cpu_s: float | None = None  # process CPU seconds of a cached variant's fill
 
 
 @dataclass
@@ -124,11 +125,11 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
     start = clock()
     stepper.run(epoch, 1)
     startup_ns = clock() - start
-    fill_ns = None
+    fill_ns = fill_cpu_s = None
     if plan.fill_epoch:
-        fill_start = clock()
+        fill_start, fill_cpu = clock(), cpu_clock()
         stepper.run(epoch, None)
-        fill_ns = clock() - fill_start
+        fill_ns, fill_cpu_s = clock() - fill_start, cpu_clock() - fill_cpu
         epoch = _epoch(dataset)
     settled, ended = stepper.run(epoch, plan.settle_steps)
     whole = ended or _measure_whole_epochs(plan, settled, steps_done=0 if plan.fill_epoch else 1)
@@ -142,7 +143,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
         boundary_ns = _boundary_ns(stepper, epoch, dataset, plan, _steady_step_ns(repeats))
     kept = tuple(r for r in repeats if r is not None)
     return BurstTiming(startup_ns, fill_ns, boundary_ns, whole, kept,
-                       tuple((r.start_ns, r.end_ns) for r in kept), stepper.window_cpu_s)
+                       tuple((r.start_ns, r.end_ns) for r in kept), stepper.window_cpu_s, fill_cpu_s)
 
 
 def _mid_epoch_windows(stepper: _Stepper, epoch: Iterator[Any], dataset: Iterable[Any],

@@ -163,7 +163,7 @@ def rank(
     unranked = tuple(sorted(unrankable, key=_identity_order))
     raced = race_scores(race, rankable, objective, epochs, confidence, seed)
     raced_keys = {r.trial.key for r in raced}
-    screened = [_score(t, stats.repeat_objective_values(t, objective, epochs), confidence, seed)
+    screened = [_score(t, stats.repeat_objective_values(t, objective, epochs), confidence, seed, epochs)
                 for t in rankable if t.key not in raced_keys]
 
     higher_is_better = objective == "throughput"
@@ -189,9 +189,9 @@ def race_scores(race: Sequence[TrialResult], screening: Sequence[TrialResult], o
         results = sorted(results, key=lambda r: r.race_round or 0)
         values = [stats.trial_objective_value(r, objective, epochs) for r in results]
         shown = records.get(key, results[0])
-        base = _score(shown, values, confidence, seed)
+        base = _score(shown, values, confidence, seed, epochs)
         scored.append(replace(base, rounds=tuple(r.race_round or 0 for r in results),
-                              cost=_race_cost(results)))
+                              cost=_race_cost(results, epochs)))
     return scored
 
 
@@ -238,12 +238,13 @@ def _split_rankable(
     return rankable, unrankable
 
 
-def _score(trial: TrialResult, values: list[float], confidence: float, seed: int) -> RankedTrial:
+def _score(trial: TrialResult, values: list[float], confidence: float, seed: int,
+           epochs: int) -> RankedTrial:
     """A RankedTrial with its statistics; placement fields are filled in by ``_number``."""
     median, _, _ = stats.median_iqr(values)
     ci_low, ci_high = stats.bootstrap_ci(values, confidence=confidence, seed=seed)
     return RankedTrial(trial, 0, median, ci_low, ci_high, False, 0, tuple(values),
-                       cost=_cost_order(trial))
+                       cost=_cost_order(trial, epochs))
 
 
 Judge = Callable[[RankedTrial, RankedTrial], bool]
@@ -325,17 +326,19 @@ def _user_batch_size(trials: Sequence[TrialResult]) -> int | None:
     return None
 
 
-def _cost_order(trial: TrialResult) -> tuple[float, float, str]:
-    """Cheaper first: CPU-seconds per example, then peak RSS, then key. An unknown cost counts
-    as infinite, so measured thrift wins ties."""
-    cpu = float("inf") if trial.cpu_s_per_example is None else trial.cpu_s_per_example
+def _cost_order(trial: TrialResult, epochs: int) -> tuple[float, float, str]:
+    """Cheaper first: CPU-seconds per example over the planned epochs (a cache's fill
+    included), then peak RSS, then key. An unknown cost counts as infinite, so measured thrift
+    wins ties."""
+    planned = stats.planned_cpu_s_per_example(trial, epochs)
+    cpu = float("inf") if planned is None else planned
     rss = float("inf") if trial.peak_rss_bytes is None else float(trial.peak_rss_bytes)
     return cpu, rss, trial.key
 
 
-def _race_cost(results: Sequence[TrialResult]) -> tuple[float, float, str]:
+def _race_cost(results: Sequence[TrialResult], epochs: int) -> tuple[float, float, str]:
     """A raced variant's cost: median CPU-seconds per example and peak RSS over its rounds."""
-    costs = [_cost_order(r) for r in results]
+    costs = [_cost_order(r, epochs) for r in results]
     return (statistics.median(c[0] for c in costs), statistics.median(c[1] for c in costs),
             results[0].key)
 

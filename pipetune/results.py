@@ -90,6 +90,7 @@ class TrialResult:
     # steps, 0 when the repeats are whole epochs (they contain it).
     startup_ns: int | None = None
     fill_ns: int | None = None  # cached variants only
+    fill_cpu_s: float | None = None  # process CPU seconds of that fill (cached variants only)
     boundary_ns: int | None = None
     whole_epochs: bool = False  # each repeat is one whole epoch from a fresh iterator
     repeats: tuple[RepeatTiming, ...] = ()

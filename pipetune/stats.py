@@ -110,16 +110,19 @@ def input_bound_band(fraction: float) -> str:
 
 
 def projected_time_s(startup_s: float, fill_s: float | None, boundary_s: float,
-                     steady_epoch_s: float, epochs: int) -> float:
+                     steady_epoch_s: float, epochs: int, steps_per_epoch: int = 0) -> float:
     """Projected seconds to train ``epochs`` epochs.
 
     ``startup + fill + boundary * epochs + steady * (epochs - 1)`` for a cached variant (its
-    fill pass *is* its first epoch), ``startup + boundary * epochs + steady * epochs``
-    otherwise. So a cache wins only when the planned epochs amortise its fill.
+    start-up and fill *are* its first epoch), ``startup + boundary * epochs + steady * (epochs
+    - 1/steps_per_epoch)`` otherwise: start-up already holds the first epoch's first step, so it
+    is not counted twice (``steps_per_epoch`` 0: unknown, the whole epoch counted). So a cache
+    wins only when the planned epochs amortise its fill.
     """
     if epochs < 1:
         raise ValueError(f"`epochs >= 1` must hold, but got {epochs}")
-    steady_epochs = epochs if fill_s is None else epochs - 1
+    first_step = 1 / steps_per_epoch if steps_per_epoch > 0 else 0.0
+    steady_epochs = epochs - first_step if fill_s is None else epochs - 1
     return startup_s + (fill_s or 0.0) + boundary_s * epochs + steady_epoch_s * steady_epochs
 
 
@@ -161,7 +164,7 @@ def repeat_time_to_train_s(trial: TrialResult, epochs: int) -> list[float]:
     Start-up, fill and boundary are measured once per trial and shared by its repeats.
     """
     startup_s, fill_s, boundary_s = _once_parts(trial)
-    return [projected_time_s(startup_s, fill_s, boundary_s, steady, epochs)
+    return [projected_time_s(startup_s, fill_s, boundary_s, steady, epochs, trial.steps_per_epoch)
             for steady in repeat_steady_epoch_s(trial)]
 
 
@@ -170,7 +173,18 @@ def objective_parts(trial: TrialResult, epochs: int) -> ObjectiveParts:
     startup_s, fill_s, boundary_s = _once_parts(trial)
     steady = median_iqr(repeat_steady_epoch_s(trial))[0]
     return ObjectiveParts(startup_s, fill_s, boundary_s, steady,
-                          projected_time_s(startup_s, fill_s, boundary_s, steady, epochs))
+                          projected_time_s(startup_s, fill_s, boundary_s, steady, epochs,
+                                           trial.steps_per_epoch))
+
+
+def planned_cpu_s_per_example(trial: TrialResult, epochs: int) -> float | None:
+    """CPU-seconds per example over the planned run: a cached variant's fill epoch costs what
+    it costs (its steady windows only read the cache), then ``epochs - 1`` steady epochs."""
+    steady = trial.cpu_s_per_example
+    if steady is None or trial.fill_cpu_s is None:
+        return steady
+    fill_examples = max(1, (trial.steps_per_epoch - 1) * trial.batch_size)
+    return (trial.fill_cpu_s / fill_examples + steady * (epochs - 1)) / epochs
 
 
 def _once_parts(trial: TrialResult) -> tuple[float, float | None, float]:

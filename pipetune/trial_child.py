@@ -114,7 +114,7 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         batch_size=params.batch_size, steps_per_epoch=burst_plan.steps_per_epoch,
         startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, boundary_ns=timing.boundary_ns,
         whole_epochs=timing.whole_epochs, repeats=timing.repeats,
-        cpu_s_per_example=_cpu_s_per_example(timing),
+        cpu_s_per_example=_cpu_s_per_example(timing), fill_cpu_s=timing.fill_cpu_s,
         # Windows shorter than the sampling interval hold no sample: the whole burst's CPU then.
         cpu_percent=cpu_percent if cpu_percent is not None else burst_cpu_percent,
         peak_rss_bytes=_as_int(peak_metric(whole, "host.rss_bytes")),

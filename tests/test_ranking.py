@@ -181,8 +181,8 @@ def test_time_to_train_speedup_keeps_faster_means_above_one():
     assert ranking.best.trial.key == "winner"
     naive = next(c for c in ranking.comparisons if c.reference.trial.key == "naive")
     assert naive.speedup == pytest.approx(3.0)
-    # 1000 steps per epoch at 1 ms per step, 3 epochs.
-    assert ranking.best.median == pytest.approx(3.0)
+    # 1000 steps per epoch at 1 ms per step, 3 epochs, less the first step (start-up's).
+    assert ranking.best.median == pytest.approx(3.0 - 0.001)
 
 
 def test_overlapping_intervals_tie_and_lower_cpu_goes_first():

@@ -235,9 +235,30 @@ def test_trial_wait_fraction_needs_repeats():
 
 
 def test_repeat_time_to_train_without_fill():
-    # 100 steps/epoch at 0.1 s/step = 10 s/epoch; then 20 s/epoch.
+    # 100 steps/epoch at 0.1 s/step = 10 s/epoch; then 20 s/epoch. Start-up (0 here) holds the
+    # first epoch's first step, so 3 epochs are 2.99 steady epochs after it.
     trial = make_trial(make_repeat(100 * MS), make_repeat(200 * MS), steps_per_epoch=100)
-    assert stats.repeat_time_to_train_s(trial, epochs=3) == [30.0, 60.0]
+    assert stats.repeat_time_to_train_s(trial, epochs=3) == pytest.approx([29.9, 59.8])
+
+
+def test_one_epoch_costs_a_cache_what_it_costs_without_one():
+    """Was: the uncached variant counted its first step twice (start-up and a whole steady
+    epoch), so over one epoch a cache whose fill ran at the uncached rate came out faster."""
+    step_s, steps = 0.1, 8
+    startup = step_s  # the first batch and its step
+    uncached = stats.projected_time_s(startup, None, 0.0, steps * step_s, 1, steps)
+    cached = stats.projected_time_s(startup, (steps - 1) * step_s, 0.0, 0.1 * step_s, 1, steps)
+    assert uncached == pytest.approx(cached) == pytest.approx(steps * step_s)
+
+
+def test_the_cpu_tie_break_counts_a_caches_fill_over_the_planned_epochs():
+    """A cache's steady windows only read memory; over one planned epoch its cost is its fill."""
+    base = make_trial(make_repeat(100 * MS), steps_per_epoch=9)
+    cached = dataclasses.replace(base, cpu_s_per_example=0.0001, fill_cpu_s=8 * 32 * 0.01)
+    assert stats.planned_cpu_s_per_example(cached, 1) == pytest.approx(0.01)
+    assert stats.planned_cpu_s_per_example(cached, 100) == pytest.approx((0.01 + 99 * 0.0001) / 100)
+    plain = dataclasses.replace(base, cpu_s_per_example=0.005)
+    assert stats.planned_cpu_s_per_example(plain, 1) == 0.005
 
 
 def test_repeat_time_to_train_with_fill():

@@ -6,7 +6,7 @@
 # Variant:     k-475d0a: 8 shards, interleave 4, parallel map autotune, memory cache, batch 32, prefetch autotune
 # Objective:   projected time to train 30 epochs (lower is better); every ratio in this file is a speed-up by it (> 1: faster)
 # Measured:    3047.6 examples/s (median of 3 bursts, 95% CI 2909.1-3200.0); input wait 25% of step time
-# Speed-up:    3.33x vs naive (95% CI 3.13-3.55, significant)
+# Speed-up:    3.32x vs naive (95% CI 3.12-3.54, significant)
 # Speed-up:    1.72x vs autotune-default (95% CI 1.58-1.87, significant)
 #
 # Data:        FILE_PATTERN is pipetune's copy of your data in 8 TFRecord shard(s). For your full or a new data set, write the same layout with
