@@ -37,6 +37,9 @@ MIN_EFFECT = 0.02
 # Fewer paired rounds than this make no claim: with two rounds, two equal variants come out
 # "better in every round" half of the time.
 MIN_ROUNDS_TO_CLAIM = 3
+# Among trials the data cannot separate, cost (CPU-seconds per example, then memory) decides
+# only between medians this close to the best one; a worse median goes after a better one.
+COST_DECIDES_WITHIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,7 @@ def rank(
     higher_is_better = objective == "throughput"
     race_judge = lambda s, t: paired_speedup(s, t, objective, confidence, seed).separated  # noqa: E731
     screen_judge = lambda s, t: beats(s, t, higher_is_better)  # noqa: E731
-    ranked = _place(raced, race_judge) + _place(screened, screen_judge)
+    ranked = _place(raced, race_judge, higher_is_better) + _place(screened, screen_judge, higher_is_better)
     ranked = _number(ranked)
     comparisons = _compare_best(ranked, trials, objective, confidence, seed)
     return Ranking(objective, ranked, unranked, comparisons)
@@ -250,24 +253,35 @@ def _score(trial: TrialResult, values: list[float], confidence: float, seed: int
 Judge = Callable[[RankedTrial, RankedTrial], bool]
 
 
-def _place(scored: list[RankedTrial], judge: Judge) -> list[RankedTrial]:
-    """Orders trials: repeatedly the cheapest of those no remaining trial beats. Marks each one
-    tied with the one before when neither beats the other (a group's first never is: the
-    screened variants after the raced ones were not compared with them)."""
+def _place(scored: list[RankedTrial], judge: Judge, higher_is_better: bool) -> list[RankedTrial]:
+    """Orders trials: repeatedly the cheapest of those no remaining trial beats whose median is
+    within ``COST_DECIDES_WITHIN`` of the best such median. Marks each one tied with the one
+    before when neither beats the other (a group's first never is: the screened variants after
+    the raced ones were not compared with them)."""
     remaining = sorted(scored, key=lambda r: r.cost)
     beaten_by = {r.trial.key: {o.trial.key for o in remaining if judge(o, r)} for r in remaining}
     placed: list[RankedTrial] = []
     while remaining:
-        # ``remaining`` is sorted by cost, so the first unbeaten trial is the cheapest one. One
-        # exists unless medians of paired ratios form a cycle (rare, never with fewer than four
-        # rounds); then the cheapest goes first, which keeps the order deterministic.
-        chosen = next((r for r in remaining if not beaten_by[r.trial.key]), remaining[0])
+        # One unbeaten trial exists unless medians of paired ratios form a cycle (rare, never
+        # with fewer than four rounds); then every remaining trial is considered.
+        unbeaten = [r for r in remaining if not beaten_by[r.trial.key]] or remaining
+        chosen = _cheapest_near_best(unbeaten, higher_is_better)
         remaining.remove(chosen)
         for beaters in beaten_by.values():
             beaters.discard(chosen.trial.key)
         tied = bool(placed) and not judge(placed[-1], chosen) and not judge(chosen, placed[-1])
         placed.append(replace(chosen, tied_with_previous=tied))
     return placed
+
+
+def _cheapest_near_best(unbeaten: list[RankedTrial], higher_is_better: bool) -> RankedTrial:
+    """The cheapest (the list is in cost order) of the trials whose median is practically the
+    best one's. An unseparated trial with a clearly worse median is a tie the data could not
+    resolve, not a reason to recommend the slower pipeline because it is frugal."""
+    sign = 1 if higher_is_better else -1
+    best = max(sign * r.median for r in unbeaten)
+    near = [r for r in unbeaten if sign * r.median >= best - abs(best) * COST_DECIDES_WITHIN]
+    return near[0]
 
 
 def _number(placed: list[RankedTrial]) -> tuple[RankedTrial, ...]:

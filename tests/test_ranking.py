@@ -311,3 +311,14 @@ def test_domination_outranks_cheaper_cost():
     ranked = rank(trials, "throughput").ranked
     assert [r.trial.key for r in ranked] == ["dominant", "cheap"]
     assert not ranked[1].tied_with_previous
+
+
+def test_a_frugal_variant_with_a_clearly_worse_median_is_not_placed_first():
+    """Seen in a race: a disk-cached variant 1.3-2.4x slower in every round, not separated
+    (3 noisy rounds), won the tie on CPU per example. Cost decides only between near-equal
+    medians; a clearly worse median goes after."""
+    fast = make_trial("autotune", [13.8, 13.3, 13.5], Role.AUTOTUNE_DEFAULT, cpu_s_per_example=0.0005)
+    frugal = make_trial("cached", [24.5, 12.9, 32.8], cpu_s_per_example=0.00015)  # overlaps: a tie
+    ranked = rank([frugal, fast], "throughput").ranked
+    assert [r.trial.key for r in ranked] == ["autotune", "cached"]
+    assert ranked[1].tied_with_previous  # the data still cannot separate them: a tie, not a claim
