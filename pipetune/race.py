@@ -103,8 +103,17 @@ def rotation(keys: Sequence[str], round_: int) -> list[str]:
 
 def reserve_trials(references: int) -> int:
     """Full trials a sweep keeps of its budget for the race: its minimum rounds of the
-    references and the top candidates."""
-    return MIN_ROUNDS * (references + MIN_CANDIDATES)
+    references and the screening's leader."""
+    return MIN_ROUNDS * (references + 1)
+
+
+def affordable(keys: Sequence[str], variants: Mapping[str, Variant], racers_fit: float) -> list[str]:
+    """The racers a budget pays ``MIN_ROUNDS`` rounds of (``racers_fit`` of them): every
+    reference, then the leading candidates in screening order, never fewer than the leader."""
+    references = [k for k in keys if variants[k].role is not Role.CANDIDATE]
+    candidates = [k for k in keys if variants[k].role is Role.CANDIDATE]
+    kept = set(references) | set(candidates[:max(1, int(racers_fit) - len(references))])
+    return [k for k in keys if k in kept]
 
 
 def round_cap(round_cost_s: float, remaining_s: float) -> int:
@@ -115,10 +124,12 @@ def round_cap(round_cost_s: float, remaining_s: float) -> int:
 
 def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking) -> list[TrialResult]:
     """Race the leaders and the references of ``screening``; returns every race measurement."""
-    keys = [key for key in racers(screening) if key in variants]
+    cost_s, remaining_s = _trial_cost_s(state), state.deadline - time.time()
+    keys = affordable([key for key in racers(screening) if key in variants], variants,
+                      remaining_s // (MIN_ROUNDS * cost_s) if cost_s > 0 else len(variants))
     if len(keys) < 2:
         return []
-    cap = round_cap(len(keys) * _trial_cost_s(state), state.deadline - time.time())
+    cap = round_cap(len(keys) * cost_s, remaining_s)
     state.on_event(SearchEvent("planned", planned=len(state.measured()) + cap * len(keys)))
     for round_ in range(cap):
         if decide(_scored(state), state.objective).separated:

@@ -117,3 +117,18 @@ def test_racers_are_the_leading_candidates_and_the_references():
                      + [trial("naive", 20.0, Role.NAIVE), trial("auto", 0.5, Role.AUTOTUNE_DEFAULT)],
                      "time_to_train")
     assert race.racers(screening) == ["auto", "c0", "c1", "c2", "naive"]
+
+
+def test_a_tight_budget_races_the_references_and_the_leader_only():
+    from pipetune.race import affordable
+    from pipetune.results import Role
+    from pipetune.space import Variant
+    from pipetune.spec import PipelineParams
+
+    variants = {f"c{i}": Variant(PipelineParams(batch_size=8 + i)) for i in range(4)}
+    variants |= {"naive": Variant(PipelineParams(batch_size=1), Role.NAIVE),
+                 "auto": Variant(PipelineParams(batch_size=2), Role.AUTOTUNE_DEFAULT)}
+    keys = ["c0", "auto", "c1", "c2", "naive", "c3"]  # screening order
+    assert affordable(keys, variants, 0) == ["c0", "auto", "naive"]
+    assert affordable(keys, variants, 4) == ["c0", "auto", "c1", "naive"]
+    assert affordable(keys, variants, 100) == keys
