@@ -8,8 +8,9 @@ Per bottleneck (the diagnosis' verdict):
   blocking I/O   concurrency beyond the cores, sized by Little's law: an interleave over at
                  least that many shards (reads) or that many map calls (an op), a private
                  thread pool that large, and ``deterministic: false`` (marked as changing order);
-  compute        parallelism up to the cores, and a cache after the deterministic ops when
-                 they cost something (memory if it fits the RAM budget, else disk);
+  compute        parallelism up to the cores, a cache after the deterministic ops when they
+                 cost something (memory if it fits the RAM budget, else disk), and a
+                 vectorised map (batch first) when every op acts per batch;
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
                  consumer's levers instead (the precisions this device runs fast, batch size).
@@ -53,6 +54,7 @@ def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
         _blocking(diagnosis, dims, reasons)
     else:
         _compute(diagnosis, dims, reasons)
+        _vectorized(spec, dims, reasons)
         if kind == "bandwidth":
             dims["interleave_cycle"] = ["autotune", 8]
             reasons.append("bandwidth-bound: parallel reads of 8 shards, and a cache so later epochs "
@@ -92,6 +94,15 @@ def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str
         dims["cache"] = ["none", cached]
         reasons.append(f"a {cached} cache after the deterministic ops: they take "
                        f"{_deterministic_share(diagnosis):.0%} of the per-element work")
+
+
+def _vectorized(spec: Spec, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+    """Batch first, then parse and run the ops on whole batches: per-element overhead is paid
+    once a batch. Only where every op acts the same on a batch (space.py's rule)."""
+    if all(op.acts_per_batch for op in spec.ops):
+        dims["vectorized_map"] = [False, True]
+        reasons.append("every op acts per batch: parsing and the ops on whole batches "
+                       "(batch, then map) is tried too")
 
 
 def _cache_choice(diagnosis: Diagnosis) -> str | None:

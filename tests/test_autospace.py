@@ -133,3 +133,15 @@ def test_a_sweep_without_a_space_diagnoses_first_and_says_consumer_bound(tmp_pat
     assert {row["role"] for row in document["trials"]} <= {"naive", "autotune-default"}
     assert "Diagnosis" in done.stderr and "no pipeline change will pay" in done.stderr
     assert (tmp_path / "out" / "auto_space.json").is_file()
+
+
+def test_ops_that_act_per_batch_get_a_vectorised_map(tmp_path):
+    """Tiny elements (parse + cheap maths): batch first, then map, is tried."""
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.01, 0.01, 0.01, 40, parallelism=8),
+        stage("parse", "parse", 0.05, 0.05, 0.03, 40),
+    ], SIMULATED_1MS))
+    tabular = make_spec(tmp_path, preprocess=[], search={"space": {"auto": True}})
+    assert auto_space(tabular, diagnosis, CPU).space.vectorized_map == [False, True]
+    images = spec(tmp_path)  # decode_image acts per element
+    assert auto_space(images, diagnosis, CPU).space.vectorized_map == [False]
