@@ -249,7 +249,7 @@ def _missed_auto_targets(workload: Workload, row: dict) -> list[str]:
     return missed
 
 
-def write_tables(rows: list[dict], overhead: dict, settings: Settings, wall_s: float) -> Path:
+def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wall_s: float) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(OUT / "benchmarks.csv", index=False)
@@ -295,11 +295,11 @@ def write_tables(rows: list[dict], overhead: dict, settings: Settings, wall_s: f
     lines += ["", f"Repeatability: {met} of {len(rows)} workload pairs (target: at least 9 of 10). "
               f"Pick at least 97% of the oracle: {sum(r['pick_vs_oracle'] >= 0.97 for r in rows)} of "
               f"{len(rows)}. Workloads with an unconfirmed significant claim: {unconfirmed} (target: 0).",
-              "", f"Monitor overhead ({overhead['rounds']} interleaved rounds of a GIL-holding Python "
+              *([] if overhead is None else ["", f"Monitor overhead ({overhead['rounds']} interleaved rounds of a GIL-holding Python "
               f"workload, monitors on vs off): {overhead['overhead_ratio'] * 100:+.1f}% wall time "
               f"(95% CI {overhead['overhead_ci95'][0] * 100:+.1f}% to {overhead['overhead_ci95'][1] * 100:+.1f}%); "
               f"the samplers' own CPU use: {overhead['sampler_cpu_fraction'] * 100:.1f}% of one core at "
-              f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."]
+              f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."])]
     (OUT / "benchmarks.md").write_text("\n".join(lines) + "\n")
     return OUT / "benchmarks.md"
 
@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{index + 1}/{len(chosen)}] {workload.name} …", file=sys.stderr, flush=True)
         rows.append(run_workload(workload, settings))
         print(f"    {rows[-1]['targets']} ({rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+        write_tables(rows, None, settings, time.time() - started)  # a cut-short run keeps its rows
     overhead = measure_overhead(rounds=6 if args.quick else 10)
     path = write_tables(rows, overhead, settings, time.time() - started)
     print(path.read_text())
