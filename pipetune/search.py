@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import optuna
@@ -296,7 +296,7 @@ def _halving(state: SearchState, order: list[Variant]) -> None:
     _measure_all(state, promoted, FULL_RUNG)
 
 
-def _tpe(state: SearchState, order: list[Variant], references: list[Variant] = ()) -> None:
+def _tpe(state: SearchState, order: list[Variant], references: Sequence[Variant] = ()) -> None:
     """Optuna's TPE over the dimensions that vary, one categorical parameter each.
 
     TPE learns which value of each dimension does well. A proposal that is not a valid variant
@@ -328,7 +328,7 @@ def _tpe(state: SearchState, order: list[Variant], references: list[Variant] = (
         state.skipped.setdefault(variant.key, "not run: not proposed by TPE within the budget")
 
 
-def variants_by_combo(order: list[Variant], references: list[Variant], dims: list[str],
+def variants_by_combo(order: list[Variant], references: Sequence[Variant], dims: list[str],
                       choices: dict[str, list[str]]) -> dict[tuple[str, ...], Variant]:
     """The variant at each point TPE can propose: the candidates, and the references whose
     values lie in the space (a candidate wins a shared point)."""

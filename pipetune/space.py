@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pipetune.device import Device
 from pipetune.dimensions import BY_NAME, describe_values
 from pipetune.results import Role
-from pipetune.spec import OP_TYPES, DecodeImage, Normalize, Op, PipelineParams, Resize, Spec
+from pipetune.spec import DecodeImage, Normalize, Op, PipelineParams, Resize, Spec, describe_op
 
 # Parameters that mean nothing without interleave; pinned so equal pipelines get one key.
 _INTERLEAVE_ONLY = ("interleave_block", "interleave_parallel")
@@ -152,15 +152,8 @@ def vectorized_map_needs_per_batch_ops(params: PipelineParams, facts: SpaceFacts
                 "would replay the first epoch's batches every epoch")
     blocking = next((op for op in facts.ops if not op.acts_per_batch), None)
     if blocking is not None:
-        return f"vectorised map needs every op to act per batch, but {op_words(blocking)} does not"
+        return f"vectorised map needs every op to act per batch, but {describe_op(blocking)} does not"
     return None
-
-
-def op_words(op: Op) -> str:
-    """An op as a user wrote it, e.g. ``decode_image(image)``."""
-    name = next(name for name, kind in OP_TYPES.items() if isinstance(op, kind))
-    what = getattr(op, "key", None) or getattr(op, "fn", None)
-    return f"{name}({what})" if what else name
 
 
 def prefetch_to_device_needs_gpu(params: PipelineParams, facts: SpaceFacts) -> str | None:

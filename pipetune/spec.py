@@ -206,6 +206,14 @@ OP_TYPES: dict[str, type[Op]] = {
 }
 
 
+def describe_op(op: Op) -> str:
+    """An op as a user wrote it, short: ``resize(image)``, ``sleep(5 ms)``, ``call(mod:fn)``."""
+    name = next(name for name, kind in OP_TYPES.items() if isinstance(op, kind))
+    detail = getattr(op, "key", None) or getattr(op, "fn", None) or (
+        f"{op.ms:g} ms" if isinstance(op, Sleep) else "")
+    return f"{name}({detail})" if detail else name
+
+
 class PreprocessStep(Strict):
     """One item of ``preprocess``: a mapping with exactly one op name as its key."""
 

@@ -232,3 +232,15 @@ class FakeNvml:
 # Constants and exception classes are the real module's objects, reachable as attributes.
 for _name in CONSTANT_NAMES + EXCEPTION_NAMES:
     setattr(FakeNvml, _name, getattr(_real, _name))
+
+
+def real_nvml_is_absent() -> bool:
+    """True on a machine without an NVIDIA library (the real pynvml's CPU path)."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError_LibraryNotFound:
+        return True
+    pynvml.nvmlShutdown()
+    return False

@@ -156,16 +156,7 @@ def test_no_load_library_exits_2_with_one_clear_line(tmp_path: Path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def _real_nvml_is_absent() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return True
-    pynvml.nvmlShutdown()
-    return False
-
-
-@pytest.mark.skipif(not _real_nvml_is_absent(), reason="an NVIDIA library is installed here")
+@pytest.mark.skipif(not fake_pynvml.real_nvml_is_absent(), reason="an NVIDIA library is installed here")
 def test_the_script_on_a_cpu_machine_without_pydantic_says_no_gpu(tmp_path: Path) -> None:
     """The CPU path with the real pynvml, run as a script, where pydantic cannot be imported."""
     runner = ("import runpy, sys; sys.modules['pydantic'] = None; "  # None blocks the import

@@ -222,16 +222,7 @@ def test_gpu_environment_lists_driver_devices_and_compute_capability() -> None:
 
 # --- the CPU path with the real pynvml ------------------------------------------------------
 
-def _real_nvml_is_absent() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return True
-    pynvml.nvmlShutdown()
-    return False
-
-
-@pytest.mark.skipif(not _real_nvml_is_absent(), reason="an NVIDIA library is installed here")
+@pytest.mark.skipif(not fake_pynvml.real_nvml_is_absent(), reason="an NVIDIA library is installed here")
 def test_real_pynvml_on_a_cpu_machine_reports_library_not_found() -> None:
     """The CPU path with the real module: this project's machines have no NVIDIA library."""
     report, _, _ = _run_burst(Monitors(interval_s=0.02), 0.05)

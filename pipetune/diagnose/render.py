@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pipetune.plan import DataLayout, Plan
 from pipetune.render_ops import render_op
-from pipetune.spec import Call, Op, PipelineParams, Spec
+from pipetune.spec import Call, Op, PipelineParams, Spec, describe_op
 
 PARSE_LINE = "example = tf.io.parse_single_example(record, FEATURES)"
 
@@ -30,16 +30,8 @@ class StageInfo:
 def stage_infos(spec: Spec) -> tuple[StageInfo, ...]:
     infos = [StageInfo("read", "read", False, ""), StageInfo("parse", "parse", False, "stage_1")]
     for index, (step, op) in enumerate(zip(spec.preprocess, spec.ops)):
-        infos.append(StageInfo(op_label(step.name, op), "op", op.is_random, f"stage_{index + 2}"))
+        infos.append(StageInfo(describe_op(op), "op", op.is_random, f"stage_{index + 2}"))
     return tuple(infos)
-
-
-def op_label(name: str, op: Op) -> str:
-    """``resize(image)``, ``sleep(5 ms)``, ``call(mod:fn)``: short, and unique enough to read."""
-    if isinstance(op, Call):
-        return f"call({op.fn})"
-    detail = getattr(op, "key", None) or (f"{op.ms:g} ms" if hasattr(op, "ms") else "")
-    return f"{name}({detail})"
 
 
 def render_stage_module(spec: Spec, data: DataLayout, shards: int) -> str:
