@@ -14,7 +14,7 @@ def sweep(spec: str | Path, **options: Any) -> Any:
     Args:
         spec: path to data.yaml.
         **options: ``out_dir``, ``budget_s``, ``strategy``, ``mode``, ``storage``, ``resume``,
-            ``seed`` (see ``SweepOptions``).
+            ``seed``, ``diagnose`` (see ``SweepOptions``).
 
     Returns:
         A ``SweepResults`` with ``trials`` (a pandas DataFrame), ``ranking`` and ``paths``.

@@ -132,26 +132,50 @@ def _stage(costs: Sequence[StageCost], name: str | None) -> StageCost:
     return next(cost for cost in costs if cost.name == name)
 
 
-AUTO_SPACE_NAME = "auto_space.json"
+SWEEP_DIAGNOSIS_NAME = "sweep_diagnosis.json"
 
 
-def resolve_space(spec: Spec, out_dir: Path, device: Device, resume: bool) -> tuple[Spec, dict[str, Any] | None]:
-    """``spec`` with its space written out, and the diagnosis document behind it (None for a
-    hand-listed space). A resumed sweep reuses the space it started with (stored in
-    ``auto_space.json``), so it measures the same candidates."""
-    if not spec.search.space.auto:
+def resolve_space(spec: Spec, out_dir: Path, device: Device, resume: bool,
+                  diagnose: bool = True) -> tuple[Spec, dict[str, Any] | None]:
+    """``spec`` with its space written out, and the sweep's diagnosis document: the first phase
+    of every sweep (it orders a hand-listed space's candidates, predict.py), and the source of
+    an automatic space. None when ``diagnose`` is off for a hand-listed space, or measuring
+    failed there (the sweep then runs without a prediction; the reason is in the logs).
+
+    A resumed sweep reuses the document it started with (``sweep_diagnosis.json``), so it
+    measures the same candidates in the same order."""
+    auto = spec.search.space.auto
+    if not auto and not diagnose:
         return spec, None
-    stored = Path(out_dir) / AUTO_SPACE_NAME
+    stored = Path(out_dir) / SWEEP_DIAGNOSIS_NAME
     if resume and stored.is_file():
         document = json.loads(stored.read_text(encoding="utf-8"))
     else:
-        from pipetune.diagnose import diagnose  # measures in a child process: only when needed
-        from pipetune.diagnose.document import diagnosis_document
-
-        diagnosis = diagnose(spec, out_dir)
-        chosen = auto_space(spec, diagnosis, device)
-        document = {**diagnosis_document(diagnosis), "space": chosen.space.dimensions(),
-                    "reasons": list(chosen.reasons), "consumer_bound": chosen.consumer_bound}
+        document = _diagnosis_document(spec, Path(out_dir), device)
+        if document is None:
+            return spec, None
         stored.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    if "space" not in document:
+        return spec, document
     space = SearchSpace(**document["space"])
     return spec.model_copy(update={"search": spec.search.model_copy(update={"space": space})}), document
+
+
+def _diagnosis_document(spec: Spec, out_dir: Path, device: Device) -> dict[str, Any] | None:
+    from pipetune.diagnose import DiagnosisError, diagnose  # measures in a child: only when needed
+    from pipetune.diagnose.document import diagnosis_document
+
+    try:
+        diagnosis = diagnose(spec, out_dir)
+    except DiagnosisError as error:
+        if spec.search.space.auto:
+            raise  # no space without it
+        (out_dir / "logs").mkdir(exist_ok=True)
+        (out_dir / "logs" / "diagnosis-failed.log").write_text(f"{error}\n", encoding="utf-8")
+        return None
+    document = diagnosis_document(diagnosis)
+    if spec.search.space.auto:
+        chosen = auto_space(spec, diagnosis, device)
+        document.update(space=chosen.space.dimensions(), reasons=list(chosen.reasons),
+                        consumer_bound=chosen.consumer_bound)
+    return document

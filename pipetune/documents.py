@@ -6,9 +6,10 @@ Pure: nothing here writes a file (``outputs.py`` does).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-from pipetune import stats
+from pipetune import predict, stats
 from pipetune.ranking import RankedTrial
 from pipetune.results import TrialResult, TrialState
 from pipetune.serialize import trial_to_dict
@@ -16,7 +17,7 @@ from pipetune.space import describe
 from pipetune.spec import PipelineParams
 from pipetune.outcome import SweepOutcome
 
-SCHEMA_VERSION = 2  # 2: "diagnosis" (the automatic space's diagnosis, or null)
+SCHEMA_VERSION = 3  # 2: "diagnosis"; 3: every sweep's diagnosis (null only without one), "pick_predicted_rate"
 
 
 def trial_metrics(result: TrialResult, epochs: int) -> dict[str, Any]:
@@ -113,14 +114,25 @@ def json_document(outcome: SweepOutcome, raw: bool = False) -> dict[str, Any]:
 
 
 def diagnosis_summary(outcome: SweepOutcome) -> dict[str, Any] | None:
-    """The diagnosis behind an automatic space, and the pick's predicted vs measured rate."""
+    """The sweep's diagnosis, and the pick's predicted (predict.py) vs measured steady rate."""
     if outcome.diagnosis is None:
         return None
     best = outcome.ranking.best
-    measured = trial_metrics(best.trial, outcome.spec.measure.epochs_planned)["throughput_median"] if best else None
-    predicted = outcome.diagnosis.get("predicted_rate")
-    return {**outcome.diagnosis, "pick_measured_rate": measured,
+    epochs = outcome.spec.measure.epochs_planned
+    measured = trial_metrics(best.trial, epochs)["throughput_median"] if best else None
+    predicted = _predicted_rate(outcome.diagnosis, best.trial, epochs) if best else None
+    return {**outcome.diagnosis, "pick_predicted_rate": predicted, "pick_measured_rate": measured,
             "pick_measured_over_predicted": measured / predicted if measured and predicted else None}
+
+
+def _predicted_rate(diagnosis: dict[str, Any], trial: TrialResult, epochs: int) -> float | None:
+    """The trial's steady rate as predict.py predicts it; the diagnosis' overall prediction
+    when the document lacks the stage costs (one written by hand, or by an older version)."""
+    try:
+        rate = predict.predict(PipelineParams(**trial.params), diagnosis, epochs).steady_rate
+    except (KeyError, TypeError):
+        rate = diagnosis.get("predicted_rate")
+    return rate if rate is not None and math.isfinite(rate) else None
 
 
 def _best(outcome: SweepOutcome, best: RankedTrial | None) -> dict[str, Any] | None:

@@ -103,16 +103,18 @@ def rotation(keys: Sequence[str], round_: int) -> list[str]:
 
 def reserve_trials(references: int) -> int:
     """Full trials a sweep keeps of its budget for the race: its minimum rounds of the
-    references and the screening's leader."""
-    return MIN_ROUNDS * (references + 1)
+    references and the top candidates."""
+    return MIN_ROUNDS * (references + MIN_CANDIDATES)
 
 
 def affordable(keys: Sequence[str], variants: Mapping[str, Variant], racers_fit: float) -> list[str]:
     """The racers a budget pays ``MIN_ROUNDS`` rounds of (``racers_fit`` of them): every
-    reference, then the leading candidates in screening order, never fewer than the leader."""
+    reference, then the leading candidates in screening order; never fewer than the top
+    ``MIN_CANDIDATES`` (a verdict needs the runners-up beside the leader, however tight the
+    budget: without them a second sweep's leader could not be found tied with this one's)."""
     references = [k for k in keys if variants[k].role is not Role.CANDIDATE]
     candidates = [k for k in keys if variants[k].role is Role.CANDIDATE]
-    kept = set(references) | set(candidates[:max(1, int(racers_fit) - len(references))])
+    kept = set(references) | set(candidates[:max(MIN_CANDIDATES, int(racers_fit) - len(references))])
     return [k for k in keys if k in kept]
 
 

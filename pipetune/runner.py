@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune import preflight, race, search, sources, storage
+from pipetune import predict, preflight, race, search, sources, storage
 from pipetune.autospace import resolve_space
 from pipetune.datacheck import check_data
 from pipetune.device import detect_device, require_tensorflow
@@ -16,7 +16,7 @@ from pipetune.errors import SweepStopped, UsageError
 from pipetune.plan import DataLayout
 from pipetune.outcome import SweepOutcome, rank_sweep
 from pipetune.rebuild import remember
-from pipetune.results import TrialResult
+from pipetune.results import Role, TrialResult
 from pipetune.space import (
     SpaceFacts,
     Variant,
@@ -41,6 +41,7 @@ class SweepOptions:
     resume: bool = False
     seed: int | None = None
     race: bool = True  # False: rank by the screening alone (a benchmark's oracle grid)
+    diagnose: bool = True  # False: a hand-listed space is measured in a seeded random order
 
 
 def effective_mode(spec: Spec, override: str | None) -> str:
@@ -81,13 +82,19 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     objective = spec.measure.resolved_objective  # the same in every mode: --mode never changes it
     device = detect_device()
     name = study_name(spec, mode)  # of the spec as written: a resumed auto space finds its study
-    spec, diagnosis = resolve_space(spec, options.out_dir, device, options.resume)
+    spec, diagnosis = resolve_space(spec, options.out_dir, device, options.resume, options.diagnose)
     layouts = ShardLayouts(spec, options.out_dir / "shards")
     references = reference_variants(spec, device)
     first = layouts.get(references[0].params.shards, references[0].params.compression)
     facts = SpaceFacts(device, estimate_cache_bytes(spec, first.num_examples, first.mean_record_bytes),
                        int(spec.resources.ram_budget_gb * 2**30))
     candidates, dropped = enumerate_space(spec, facts)
+    predicted = None
+    if diagnosis is not None:  # the best predicted first: what a budget too small for all measures
+        autotune = next(v.params for v in references if v.role is Role.AUTOTUNE_DEFAULT)
+        candidates = predict.best_first(candidates, diagnosis, objective, spec.measure.epochs_planned, autotune)
+        predicted = {v.key: predict.predicted_speedup(v.params, autotune, diagnosis, objective,
+                                                      spec.measure.epochs_planned) for v in candidates}
     budget = options.budget_s or spec.search.budget_s
     board = search.ClaimBoard(storage_url, name)
     study = search.open_study(storage_url, name, objective)
@@ -104,7 +111,7 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     used, stopped, raced = options.strategy or spec.search.strategy, None, []
     try:
         used = search.run(state, used, references, candidates,
-                          race.reserve_trials(len(references)) if options.race else 0)
+                          race.reserve_trials(len(references)) if options.race else 0, predicted)
         # The verdict comes from a head-to-head of the leaders and the references, not from
         # the screening numbers that chose the leaders (selection bias).
         if options.race:

@@ -7,7 +7,10 @@ Strategies:
   tpe      Optuna's TPE sampler proposes variants until the budget is spent.
   auto     grid when the valid space fits the budget, halving otherwise.
 
-The reference variants are always measured in full, first. Each measurement is claimed in
+The reference variants are always measured in full, first. The candidates follow in the
+order the sweep's diagnosis predicts best first (predict.py), or a seeded random order without
+one; a budget too small for all measures the first of them, at least ``MIN_SCREENED``. Each
+measurement is claimed in
 the study's database before it runs (``claims.py``), so workers sharing one storage URL split
 the work and never measure a variant twice; every finished measurement is stored as an Optuna
 trial with the raw result attached, so ``--resume`` loses and repeats nothing.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import optuna
@@ -100,38 +103,50 @@ def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Stud
         study_name=study_name, direction=direction, load_if_exists=True))
 
 
-def run(state: SearchState, strategy: str, references: list[Variant],
-        candidates: list[Variant], reserve_trials: int = 0) -> str:
+MIN_SCREENED = 3  # candidates measured even past the budget, as the references are
+
+
+def run(state: SearchState, strategy: str, references: list[Variant], candidates: list[Variant],
+        reserve_trials: int = 0, predicted: Mapping[str, float] | None = None) -> str:
     """Measure the references, then the candidates by ``strategy``; ``reserve_trials`` full
     trials of the budget are kept for what follows the search (the final race).
 
-    Returns what was run, in words: the strategy, and the sample of the space when the budget
-    fitted only part of it (e.g. "grid over a budget sample of 9 of 23 variants").
+    ``predicted``: each candidate's predicted speed-up over autotune-default (predict.py),
+    with ``candidates`` given best predicted first; a budget that fits only part of the space
+    measures the best predicted, at least ``MIN_SCREENED`` of them. None: no prediction, a
+    seeded random sample.
+
+    Returns what was run, in words: the strategy, and the part of the space when the budget
+    fitted only part of it (e.g. "grid over the 9 of 23 variants predicted best").
     """
     reference_keys = {v.key for v in references}
     candidates = [v for v in candidates if v.key not in reference_keys]
     state.on_event(SearchEvent("planned", planned=len(references)))
     _measure_all(state, references, FULL_RUNG, ignore_budget=True)
-    order = _seeded_order(candidates, state.seed)
-    sample = ""
+    order = candidates if predicted is not None else _seeded_order(candidates, state.seed)
+    sample, guaranteed = "", 0
     if strategy == "auto":
         costs = _costs_so_far(state)
         reserve_s = reserve_trials * (costs.overhead_s + costs.full_burst_s)
         plan = plan_search(len(order), costs.overhead_s, costs.full_burst_s,
                            state.deadline - time.time() - reserve_s, costs.short_fraction)
-        strategy = plan.strategy
-        for variant in order[plan.variants:]:
-            state.skipped.setdefault(variant.key, "not run: the budget fits only a sample of the "
-                                                  f"space ({plan.variants} of {len(order)} variants)")
-        if plan.variants < len(order):
-            sample = f" over a budget sample of {plan.variants} of {len(order)} variants"
-        order = order[:plan.variants]
+        strategy, count = plan.strategy, plan.variants
+        if predicted is not None:
+            count = guaranteed = max(count, min(MIN_SCREENED, len(order)))
+        which = (f"the {count} of {len(order)} variants predicted best" if predicted is not None
+                 else f"a budget sample of {count} of {len(order)} variants")
+        for variant in order[count:]:
+            gain = f"; predicted {predicted[variant.key]:.2f}x autotune-default" if predicted else ""
+            state.skipped.setdefault(variant.key, f"not run: the budget fits only {which}{gain}")
+        if count < len(order):
+            sample = f" over {which}"
+        order = order[:count]
     promoted = round(len(order) * PROMOTE_FRACTION) if strategy == "halving" else 0
     state.on_event(SearchEvent("planned", planned=len(references) + len(order) + promoted))
     if strategy == "grid":
-        _measure_all(state, order, FULL_RUNG)
+        _measure_all(state, order, FULL_RUNG, guaranteed=guaranteed)
     elif strategy == "halving":
-        _halving(state, order)
+        _halving(state, order, guaranteed)
     elif strategy == "tpe":
         _tpe(state, order, references)
     else:
@@ -190,11 +205,12 @@ def _costs_so_far(state: SearchState) -> TrialCosts:
 
 
 def _measure_all(state: SearchState, variants: list[Variant], rung: int,
-                 ignore_budget: bool = False) -> None:
-    """Claim and measure every variant not yet measured at ``rung``; then wait for other workers."""
+                 ignore_budget: bool = False, guaranteed: int = 0) -> None:
+    """Claim and measure every variant not yet measured at ``rung`` (the first ``guaranteed``
+    of them, or all with ``ignore_budget``, even past the deadline); then wait for other workers."""
     steps = state.full_steps if rung == FULL_RUNG else max(3, round(state.full_steps * SHORT_FRACTION))
-    for variant in variants:
-        if not ignore_budget and time.time() > state.deadline:
+    for index, variant in enumerate(variants):
+        if not ignore_budget and index >= guaranteed and time.time() > state.deadline:
             done = state.measured()
             for rest in variants:
                 if (rest.key, rung) not in done:
@@ -284,8 +300,8 @@ def _wait_for_others(state: SearchState, variants: list[Variant], rung: int, ste
             time.sleep(1.0)
 
 
-def _halving(state: SearchState, order: list[Variant]) -> None:
-    _measure_all(state, order, SHORT_RUNG)
+def _halving(state: SearchState, order: list[Variant], guaranteed: int = 0) -> None:
+    _measure_all(state, order, SHORT_RUNG, guaranteed=guaranteed)
     values = state.measured()
     scored = [(v, values[(v.key, SHORT_RUNG)]) for v in order if (v.key, SHORT_RUNG) in values]
     measured = [(v, value) for v, value in scored if value is not None]

@@ -132,7 +132,7 @@ def test_a_sweep_without_a_space_diagnoses_first_and_says_consumer_bound(tmp_pat
     assert document["diagnosis"]["bottleneck"]["kind"] == "consumer"
     assert {row["role"] for row in document["trials"]} <= {"naive", "autotune-default"}
     assert "Diagnosis" in done.stderr and "no pipeline change will pay" in done.stderr
-    assert (tmp_path / "out" / "auto_space.json").is_file()
+    assert (tmp_path / "out" / "sweep_diagnosis.json").is_file()
 
 
 def test_ops_that_act_per_batch_get_a_vectorised_map(tmp_path):

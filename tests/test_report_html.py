@@ -327,10 +327,10 @@ def test_diagnosis_section_loads_clean(browser, tmp_path):
     assert browser.evaluate(narrow, "document.documentElement.scrollWidth <= window.innerWidth")
 
 
-def test_a_hand_listed_space_says_why_there_is_no_diagnosis(tmp_path):
+def test_a_sweep_without_diagnosis_says_why(tmp_path):
     html = render_report(make_outcome(tmp_path, references_sweep()), best_code="x = 1\n")
     section = html.split('<section id="diagnosis">')[1].split("</section>")[0]
-    assert "listed by hand" in section and "pipetune diagnose data.yaml" in section
+    assert "No diagnosis ran" in section and "pipetune diagnose data.yaml" in section
     assert "<svg" not in section
     assert html.index('id="verdict"') < html.index('id="diagnosis"') < html.index('id="ranking"')
 

@@ -176,6 +176,22 @@ def test_auto_says_when_the_budget_fits_only_a_sample(fake_search) -> None:
     assert used.endswith(f"over a budget sample of {len(measured)} of 5 variants"), used
 
 
+def test_a_budget_too_small_measures_the_best_predicted_first_and_says_what_it_left(fake_search) -> None:
+    """Was: a seeded random sample of one variant, so two seeds picked different winners."""
+    measure = FakeMeasure()
+    state = fake_search(measure)
+    state.deadline = time.time() - 1.0  # the budget is spent once the references are measured
+    best_first = sorted(FAKE_CANDIDATES[1:], key=lambda v: -v.params.map_parallel)
+    gains = {v.key: v.params.map_parallel / 2 for v in best_first}
+    used = search.run(state, "auto", FAKE_REFERENCES, best_first, predicted=gains)
+    screened = [key for key, _ in measure.calls[2:]]
+    assert screened == [v.key for v in best_first[:search.MIN_SCREENED]]  # even past the budget
+    assert used.endswith(f"over the {search.MIN_SCREENED} of 5 variants predicted best"), used
+    left = {r.key: r.reason for r in listed(state) if r.state is TrialState.SKIPPED}
+    assert set(left) == {v.key for v in best_first[search.MIN_SCREENED:]}
+    assert left[best_first[-1].key].endswith("predicted 1.00x autotune-default")
+
+
 def test_halving_promotes_the_best_third_of_the_short_bursts(fake_search) -> None:
     measure = FakeMeasure()
     state = fake_search(measure)
@@ -566,7 +582,7 @@ def grid_sweep(tmp_path_factory: pytest.TempPathFactory) -> SweepRun:
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
-# The --json document, schema_version 2: a dict is an object with (at least) these keys, a
+# The --json document, schema_version 3: a dict is an object with (at least) these keys, a
 # one-item list is an array of that item, a type (or tuple of types) is a JSON value.
 JSON_SCHEMA: dict[str, Any] = {
     "schema_version": int,
@@ -615,8 +631,11 @@ def test_json_document_has_the_documented_schema(grid_sweep: SweepRun) -> None:
     document, attrs = grid_sweep
     assert schema_problems(document, JSON_SCHEMA) == []
     assert schema_problems(document["trials"], [TRIAL_ROW_DETAILS], "$.trials") == []
-    assert document["schema_version"] == 2
-    assert document["diagnosis"] is None  # a hand-listed space: no diagnosis behind it
+    assert document["schema_version"] == 3
+    # Every sweep diagnoses first; a hand-listed space keeps its space (no "space" key).
+    diagnosis = document["diagnosis"]
+    assert diagnosis["bottleneck"]["kind"] and "space" not in diagnosis
+    assert diagnosis["pick_predicted_rate"] > 0 and diagnosis["pick_measured_rate"] > 0
     # objective auto: projected time to train, in every mode (simulate included)
     assert [document[k] for k in ("mode", "strategy", "objective")] == ["simulate", "grid", "time_to_train"]
     assert document["spec"]["name"] == "sleepy"

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna RDB URL shared by several workers (default: SQLite in --out)")
     parser.add_argument("--seed", type=int, help="seed for the search order and samplers")
+    parser.add_argument("--no-diagnose", action="store_true",
+                        help="skip the diagnosis of a hand-listed space (its candidates are then "
+                             "measured in a seeded random order, not the best predicted first)")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(run=run)
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         usable(args.storage)  # (an SQLite path is checked once --out, which may hold it, exists)
     out = args.out or Path("reports") / spec.name
     options = SweepOptions(out_dir=out, budget_s=args.budget, strategy=args.strategy, mode=args.mode,
-                           storage=args.storage, resume=args.resume, seed=args.seed)
+                           storage=args.storage, resume=args.resume, seed=args.seed,
+                           diagnose=not args.no_diagnose)
     console = Console(stderr=True)
     progress = _Progress(console)
     try:
@@ -198,16 +202,19 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
 
 
 def _print_diagnosis(console: Console, outcome) -> None:
-    """Why the automatic space holds what it holds, and how the pick compares with the prediction."""
+    """The bottleneck, why an automatic space holds what it holds, and the pick's predicted vs
+    measured rate."""
     from pipetune.documents import diagnosis_summary
 
     summary = diagnosis_summary(outcome)
     if summary is None:
         return
-    console.print("[bold]Diagnosis[/bold] (automatic space; full table in diagnosis.json and the report)")
-    for reason in summary["reasons"]:
+    space = "automatic space" if "space" in summary else "the candidates measured best predicted first"
+    console.print(f"[bold]Diagnosis[/bold] ({space}; full table in diagnosis.json and the report)")
+    reasons = summary.get("reasons") or [f"diagnosis: {summary['bottleneck']['sentence']}"]
+    for reason in reasons:
         console.print(f"  - {reason}", markup=False)
-    predicted, measured = summary.get("predicted_rate"), summary.get("pick_measured_rate")
+    predicted, measured = summary.get("pick_predicted_rate"), summary.get("pick_measured_rate")
     if predicted and measured:
         console.print(f"  predicted {predicted:,.0f} examples/s, the pick measured {measured:,.0f} "
                       f"({measured / predicted:.2f}x the prediction)")

@@ -1,0 +1,162 @@
+"""Each variant's rate predicted from the diagnosis: the order candidates are measured in.
+
+A prior, never a verdict: a budget that cannot measure every variant measures the ones
+predicted best first, and says what it left with its predicted gain; every number a user
+reads as a result is measured. Pure: the diagnosis document (``diagnose/document.py``, as
+stored with the sweep) and a variant's parameters in, examples/s out.
+
+The model (per example; the diagnosis measured each stage alone at parallelism 1):
+  * the read side runs as many files at once as the interleave cycle (or the parallel reads)
+    and the shards allow; ``autotune`` means one per core, tf.data's default cycle;
+  * the map side (parse and the ops) runs ``num_parallel_calls`` calls on tf.data's pool, the
+    cores, or the private pool when one is set, which is what lets waiting calls go past the
+    cores;
+  * a side's waiting time is divided by its concurrency, its computing time by at most the
+    cores; the two sides overlap (they run on different threads) unless both are sequential,
+    when one thread reads and maps; all computing stages together never go past the cores;
+  * a cache removes every stage up to the first random op from the second epoch on (the
+    Plan caches there); the first epoch fills it. Reading a disk cache back costs time the
+    diagnosis did not measure: predicted at a fixed share of a memory cache's rate;
+  * with no prefetch and nothing running ahead (sequential read and map) the consumer waits
+    for each batch: the two times add up; otherwise the slower of the two sets the rate;
+  * the consumer: a simulated step costs the same per batch, so its rate grows with the
+    batch; a real model's rate per example is taken as measured.
+Vectorised maps, determinism, fusion and precision are taken as neutral: the diagnosis does
+not measure them, so they are ordered by the rest and measured like everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipetune.space import Variant
+from pipetune.spec import PipelineParams
+
+# Unmeasured by the diagnosis, so priors: a disk cache's steady rate against a memory cache's,
+# and the fill epoch's rate against no cache at all (it copies or writes every element).
+DISK_CACHE_SHARE = 0.8
+FILL_SHARE = {"memory": 0.95, "disk": 0.9, "snapshot": 0.9}
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    first_epoch_rate: float  # examples/s
+    steady_rate: float  # examples/s from the second epoch on
+    time_s: float  # projected time to train the planned epochs
+
+    def value(self, objective: str) -> float:
+        """The objective as the sweep stores it: examples/s, or seconds."""
+        return self.steady_rate if objective == "throughput" else self.time_s
+
+
+def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -> Prediction:
+    """``params``' predicted rates from the diagnosis document, and its time for ``epochs``."""
+    stages = diagnosis["stages"]
+    cores = int(diagnosis["cores"])
+    consumer = _consumer_rate(params, diagnosis["consumer"])
+    uncached = _delivered(params, _pipeline_rate(params, stages, cores), consumer)
+    if params.cache == "none":
+        first = steady = uncached
+    else:
+        after_cache = stages[_first_random(stages):]
+        steady = _delivered(params, _pipeline_rate(params, after_cache, cores), consumer)
+        first = uncached * FILL_SHARE[params.cache]
+        if params.cache != "memory":
+            steady *= DISK_CACHE_SHARE
+    examples = int(diagnosis["num_examples"])
+    time_s = examples / first + max(0, epochs - 1) * examples / steady
+    return Prediction(first, steady, time_s)
+
+
+def best_first(candidates: Sequence[Variant], diagnosis: Mapping[str, Any], objective: str,
+               epochs: int, reference: PipelineParams) -> list[Variant]:
+    """The candidates, the best predicted first. Among equal predictions, the fewest changes
+    from ``reference`` (tf.data's AUTOTUNE pipeline) first, then key order: two sweeps of one
+    spec measure the same variants first, whatever their seeds."""
+    sign = -1.0 if objective == "throughput" else 1.0
+    shown = reference.model_dump()
+
+    def order(variant: Variant) -> tuple[float, int, str]:
+        value = predict(variant.params, diagnosis, epochs).value(objective)
+        changes = sum(setting != shown[name] for name, setting in variant.params.model_dump().items())
+        return float(f"{sign * value:.6g}"), changes, variant.key  # equal to 6 digits: equal
+
+    return sorted(candidates, key=order)
+
+
+def predicted_speedup(params: PipelineParams, over: PipelineParams, diagnosis: Mapping[str, Any],
+                      objective: str, epochs: int) -> float:
+    """``params``' predicted speed-up over ``over`` (> 1: faster)."""
+    mine = predict(params, diagnosis, epochs).value(objective)
+    theirs = predict(over, diagnosis, epochs).value(objective)
+    return mine / theirs if objective == "throughput" else theirs / mine
+
+
+def _pipeline_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], cores: int) -> float:
+    """What the stages deliver: the slower of the read and map sides, within the cores."""
+    if not stages:
+        return math.inf
+    read = [s["alone"] for s in stages if s["kind"] == "read"]
+    mapped = [s["alone"] for s in stages if s["kind"] != "read"]
+    pool = params.private_threadpool_size or cores
+    cpu = sum(cost["cpu_s"] for cost in (*read, *mapped))
+    reads, calls = _read_concurrency(params, cores), _map_concurrency(params, pool)
+    if reads == calls == 1:  # a sequential map reads in its own thread: one chain
+        limits = [_side_rate([*read, *mapped], 1, cores)]
+    else:
+        limits = [_side_rate(read, reads, cores), _side_rate(mapped, calls, cores)]
+    if cpu > 0:
+        limits.append(cores / cpu)
+    return min(limits)
+
+
+def _side_rate(costs: Sequence[Mapping[str, Any]], concurrency: int, cores: int) -> float:
+    """One side, ``concurrency`` elements in flight: waits overlap fully, computing up to the cores."""
+    wall = sum(cost["wall_s"] for cost in costs)
+    computing = sum(cost["wall_s"] for cost in costs if not cost["blocking"])
+    limits = [concurrency / wall] if wall > 0 else []
+    if computing > 0:
+        limits.append(min(concurrency, cores) / computing)
+    return min(limits, default=math.inf)
+
+
+def _read_concurrency(params: PipelineParams, cores: int) -> int:
+    if params.interleave_cycle == 1:
+        files = cores if params.parallel_reads == "autotune" else params.parallel_reads
+    elif not params.interleave_parallel:
+        files = 1
+    else:
+        files = cores if params.interleave_cycle == "autotune" else params.interleave_cycle
+    return max(1, min(files, params.shards))
+
+
+def _map_concurrency(params: PipelineParams, pool: int) -> int:
+    """Calls in flight: tf.data runs them on its pool, so never more than the pool's threads."""
+    calls = pool if params.map_parallel == "autotune" else params.map_parallel
+    return max(1, min(calls, pool))
+
+
+def _delivered(params: PipelineParams, pipeline: float, consumer: float) -> float:
+    """Examples/s the consumer takes: overlapped unless nothing runs ahead of it."""
+    runs_ahead = (params.prefetch != 0 or params.map_parallel != 1
+                  or params.interleave_cycle != 1 or params.parallel_reads != 1)
+    if runs_ahead or math.isinf(pipeline) or math.isinf(consumer):
+        return min(pipeline, consumer)
+    return 1.0 / (1.0 / pipeline + 1.0 / consumer)
+
+
+def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float:
+    step_s = consumer.get("step_s")
+    if not step_s:
+        return math.inf  # input mode: nothing consumes
+    if consumer["mode"] == "simulate":
+        return params.batch_size / step_s  # a simulated step costs the same per batch
+    return float(consumer["rate"])
+
+
+def _first_random(stages: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the first random stage (the Plan's cache sits just before it); all if none."""
+    return next((i for i, stage in enumerate(stages) if stage["random"]), len(stages))

@@ -1,0 +1,101 @@
+"""The prior that orders a sweep's candidates: predicted rates from a diagnosis of known numbers.
+
+Each case is a diagnosis document built from synthetic stage timings (the same document a
+sweep stores), so the arithmetic is exact; what is asserted is the order a budget measures
+in, and the large effects the model exists to see."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipetune import predict
+from pipetune.diagnose.document import diagnosis_document
+from pipetune.diagnose.measurements import ConsumerMeasurement
+from pipetune.diagnose.verdict import analyse
+from pipetune.space import Variant
+from pipetune.spec import PipelineParams
+from test_diagnose import SIMULATED_1MS, measurements, stage
+
+AUTOTUNE = PipelineParams(shards=8, interleave_cycle="autotune", map_parallel="autotune", prefetch="autotune")
+
+
+def document(stages, consumer=SIMULATED_1MS) -> dict:
+    return diagnosis_document(analyse(measurements(stages, consumer)))
+
+
+def variant(**changes) -> Variant:
+    return Variant(AUTOTUNE.model_copy(update=changes))
+
+
+# read 0.05 ms, parse 0.05 ms, then an op that waits 4 ms per element on 0.05 ms of CPU.
+WAITING_OP = document([
+    stage("read", "read", 0.05, 0.05, 0.03, 3000),
+    stage("parse", "parse", 0.10, 0.10, 0.06, 3000),
+    stage("lookup", "op", 4.10, 0.15, 2.06, 3000),
+])
+
+
+def rate(params: PipelineParams, diagnosis: dict, epochs: int = 1) -> float:
+    return predict.predict(params, diagnosis, epochs).steady_rate
+
+
+def test_a_waiting_op_needs_a_private_pool_for_calls_beyond_the_cores() -> None:
+    # tf.data runs map calls on a pool of the 2 cores: 16 calls alone stay at 2 in flight.
+    assert rate(AUTOTUNE, WAITING_OP) == pytest.approx(2 / 0.00405, rel=1e-3)
+    assert rate(AUTOTUNE.model_copy(update={"map_parallel": 16}), WAITING_OP) == pytest.approx(
+        rate(AUTOTUNE, WAITING_OP))
+    pooled = AUTOTUNE.model_copy(update={"map_parallel": 16, "private_threadpool_size": 16})
+    assert rate(pooled, WAITING_OP) == pytest.approx(16 / 0.00405, rel=1e-3)
+    assert predict.predicted_speedup(pooled, AUTOTUNE, WAITING_OP, "time_to_train", 1) == pytest.approx(8, rel=1e-3)
+
+
+def test_waiting_reads_go_as_wide_as_the_interleave_and_the_shards_allow() -> None:
+    reads = document([stage("read", "read", 2.0, 0.05, 0.25, 3000, parallelism=8),
+                      stage("parse", "parse", 2.05, 0.1, 0.26, 3000)])
+    wide = AUTOTUNE.model_copy(update={"shards": 16, "interleave_cycle": 16})
+    few_files = AUTOTUNE.model_copy(update={"shards": 4, "interleave_cycle": 16})
+    assert rate(wide, reads) == pytest.approx(16 / 0.002, rel=1e-3)
+    assert rate(few_files, reads) == pytest.approx(4 / 0.002, rel=1e-3)
+    assert rate(AUTOTUNE, reads) == pytest.approx(2 / 0.002, rel=1e-3)  # autotune: a file per core
+
+
+# A costly deterministic decode (2 ms of CPU), then a cheap random flip: a cache fits between.
+CACHEABLE = document([
+    stage("read", "read", 0.05, 0.05, 0.03, 3000),
+    stage("parse", "parse", 0.10, 0.10, 0.06, 3000),
+    stage("decode", "op", 2.10, 2.10, 1.06, 150_000),
+    stage("flip", "op", 2.15, 2.15, 1.09, 150_000, random=True),
+])
+
+
+def test_a_cache_is_predicted_first_over_many_epochs_and_last_over_one() -> None:
+    candidates = [variant(cache=cache) for cache in ("none", "memory", "disk")]
+    many = predict.best_first(candidates, CACHEABLE, "time_to_train", 30, AUTOTUNE)
+    assert [v.params.cache for v in many] == ["memory", "disk", "none"]
+    one = predict.best_first(candidates, CACHEABLE, "time_to_train", 1, AUTOTUNE)
+    assert [v.params.cache for v in one] == ["none", "memory", "disk"]  # the fill pays nothing back
+    # From the second epoch on only the flip runs: 0.05 ms on 2 cores, against 2.15 ms.
+    assert rate(AUTOTUNE.model_copy(update={"cache": "memory"}), CACHEABLE) > 20 * rate(AUTOTUNE, CACHEABLE)
+
+
+def test_consumer_bound_variants_are_predicted_equal_and_a_bigger_simulated_batch_faster() -> None:
+    slow_step = ConsumerMeasurement("simulate", 32, 0.2, measured=False)  # 160 examples/s
+    cheap = document([stage("read", "read", 0.05, 0.05, 0.03, 300),
+                      stage("parse", "parse", 0.10, 0.10, 0.06, 300)], slow_step)
+    parallel = [variant(map_parallel=2), variant(interleave_cycle=4), variant()]
+    assert {round(rate(v.params, cheap), 6) for v in parallel} == {160.0}
+    # Nothing runs ahead of the step without prefetch and parallelism: the times add up.
+    serial = AUTOTUNE.model_copy(update={"interleave_cycle": 1, "map_parallel": 1, "prefetch": 0})
+    assert rate(serial, cheap) == pytest.approx(1 / (1 / 160 + 0.0001), rel=1e-3)
+    # A simulated step costs the same per batch: 8x the batch, 8x the consumer's rate.
+    assert rate(AUTOTUNE.model_copy(update={"batch_size": 256}), cheap) == pytest.approx(1280)
+
+
+def test_equal_predictions_are_ordered_by_fewest_changes_whatever_the_input_order() -> None:
+    cheap = document([stage("read", "read", 0.05, 0.05, 0.03, 300),
+                      stage("parse", "parse", 0.10, 0.10, 0.06, 300)],
+                     ConsumerMeasurement("simulate", 32, 0.2, measured=False))
+    candidates = [variant(map_parallel=2, private_threadpool_size=8), variant(map_parallel=2), variant()]
+    first = predict.best_first(candidates, cheap, "time_to_train", 10, AUTOTUNE)
+    assert first == predict.best_first(list(reversed(candidates)), cheap, "time_to_train", 10, AUTOTUNE)
+    assert [v.params for v in first] == [AUTOTUNE, candidates[1].params, candidates[0].params]
