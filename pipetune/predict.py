@@ -15,7 +15,8 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
     cores; the two sides overlap (they run on different threads) unless both are sequential,
     when one thread reads and maps; all computing stages together never go past the cores;
   * a cache removes every stage up to the first random op from the second epoch on (the
-    Plan caches there); the first epoch fills it. Reading a disk cache back costs time the
+    Plan caches there), leaving the cost of producing an element (the read stage's work
+    without its waits); the first epoch fills it. Reading a disk cache back costs time the
     diagnosis did not measure: predicted at a fixed share of a memory cache's rate;
   * with no prefetch and nothing running ahead (sequential read and map) the consumer waits
     for each batch: the two times add up; otherwise the slower of the two sets the rate;
@@ -61,7 +62,7 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
     if params.cache == "none":
         first = steady = uncached
     else:
-        after_cache = stages[_first_random(stages):]
+        after_cache = [_cache_read(stages), *stages[_first_random(stages):]]
         steady = _delivered(params, _pipeline_rate(params, after_cache, cores), consumer)
         first = uncached * FILL_SHARE[params.cache]
         if params.cache != "memory":
@@ -155,6 +156,14 @@ def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float
     if consumer["mode"] == "simulate":
         return params.batch_size / step_s  # a simulated step costs the same per batch
     return float(consumer["rate"])
+
+
+def _cache_read(stages: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """Taking an element out of a cache, taken to cost what reading a record costs without
+    waiting: tf.data's per-element work of producing an element, which stays after a cache."""
+    read = next((s["alone"] for s in stages if s["kind"] == "read"), None)
+    cost = (read["cpu_s"] if read["blocking"] else read["wall_s"]) if read else 0.0
+    return {"kind": "read", "alone": {"wall_s": cost, "cpu_s": cost, "blocking": False}}
 
 
 def _first_random(stages: Sequence[Mapping[str, Any]]) -> int:
