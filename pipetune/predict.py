@@ -28,6 +28,7 @@ not measure them, so they are ordered by the rest and measured like everything e
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,18 +75,43 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
 
 def best_first(candidates: Sequence[Variant], diagnosis: Mapping[str, Any], objective: str,
                epochs: int, reference: PipelineParams) -> list[Variant]:
-    """The candidates, the best predicted first. Among equal predictions, the fewest changes
-    from ``reference`` (tf.data's AUTOTUNE pipeline) first, then key order: two sweeps of one
-    spec measure the same variants first, whatever their seeds."""
+    """The candidates, the best predicted first.
+
+    Among equal predictions the order spreads out: next comes the variant that differs most
+    from ``reference`` (tf.data's AUTOTUNE pipeline, measured anyway) and from those already
+    ordered, so a budget that screens only the first few learns what the prediction cannot
+    tell apart, rather than measuring near-copies of the reference. Key order breaks the rest:
+    two sweeps of one spec measure the same variants first, whatever their seeds."""
     sign = -1.0 if objective == "throughput" else 1.0
-    shown = reference.model_dump()
 
-    def order(variant: Variant) -> tuple[float, int, str]:
+    def predicted(variant: Variant) -> float:
         value = predict(variant.params, diagnosis, epochs).value(objective)
-        changes = sum(setting != shown[name] for name, setting in variant.params.model_dump().items())
-        return float(f"{sign * value:.6g}"), changes, variant.key  # equal to 6 digits: equal
+        return float(f"{sign * value:.6g}")  # equal to 6 digits: equal
 
-    return sorted(candidates, key=order)
+    by_value = sorted(candidates, key=lambda v: (predicted(v), v.key))
+    order: list[Variant] = []
+    for _, group in itertools.groupby(by_value, key=predicted):
+        order += _spread(list(group), reference)
+    return order
+
+
+def _spread(group: list[Variant], reference: PipelineParams) -> list[Variant]:
+    """``group`` greedily by the most dimensions differing from everything placed before."""
+    values = [v.params.model_dump() for v in group]
+    shown = reference.model_dump()
+    nearest = [_differences(v, shown) for v in values]  # to the closest placed variant
+    order, left = [], list(range(len(group)))
+    while left:
+        pick = max(left, key=lambda i: nearest[i])  # the first in key order among equals
+        left.remove(pick)
+        order.append(group[pick])
+        for i in left:
+            nearest[i] = min(nearest[i], _differences(values[i], values[pick]))
+    return order
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
+    return sum(value != b[name] for name, value in a.items())
 
 
 def predicted_speedup(params: PipelineParams, over: PipelineParams, diagnosis: Mapping[str, Any],

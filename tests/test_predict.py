@@ -91,11 +91,18 @@ def test_consumer_bound_variants_are_predicted_equal_and_a_bigger_simulated_batc
     assert rate(AUTOTUNE.model_copy(update={"batch_size": 256}), cheap) == pytest.approx(1280)
 
 
-def test_equal_predictions_are_ordered_by_fewest_changes_whatever_the_input_order() -> None:
+def test_equal_predictions_spread_out_from_the_reference_whatever_the_input_order() -> None:
     cheap = document([stage("read", "read", 0.05, 0.05, 0.03, 300),
                       stage("parse", "parse", 0.10, 0.10, 0.06, 300)],
                      ConsumerMeasurement("simulate", 32, 0.2, measured=False))
-    candidates = [variant(map_parallel=2, private_threadpool_size=8), variant(map_parallel=2), variant()]
+    copy, one, two, far = (variant(), variant(map_parallel=2), variant(prefetch=1),
+                           variant(map_parallel=2, private_threadpool_size=8, interleave_cycle=4))
+    candidates = [copy, one, two, far]
     first = predict.best_first(candidates, cheap, "time_to_train", 10, AUTOTUNE)
     assert first == predict.best_first(list(reversed(candidates)), cheap, "time_to_train", 10, AUTOTUNE)
-    assert [v.params for v in first] == [AUTOTUNE, candidates[1].params, candidates[0].params]
+    # far differs from the reference in 3 dimensions, one and two in 1 each (their order: by
+    # key), and the reference's copy in none: it comes last.
+    assert first[0] == far and set(first[1:3]) == {one, two} and first[3] == copy
+    # A better prediction still comes first, however close to the reference.
+    slow = variant(map_parallel=1, interleave_cycle=1, prefetch=0, shards=1)
+    assert predict.best_first([slow, *candidates], cheap, "time_to_train", 10, AUTOTUNE)[-1] == slow
