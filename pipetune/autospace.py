@@ -9,7 +9,8 @@ Per bottleneck (the diagnosis' verdict):
                  least that many shards (reads) or that many map calls (an op), a private
                  thread pool that large, and ``deterministic: false`` (marked as changing order);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
-                 cost something (memory if it fits the RAM budget, else disk), and a
+                 cost something and more than one epoch is planned (memory if it fits the
+                 RAM budget, else disk), and a
                  vectorised map (batch first) when every op acts per batch;
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
@@ -53,7 +54,7 @@ def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
     elif kind == "blocking_io":
         _blocking(diagnosis, dims, reasons)
     else:
-        _compute(diagnosis, dims, reasons)
+        _compute(diagnosis, dims, reasons, spec.measure.epochs_planned)
         _vectorized(spec, dims, reasons)
         if kind == "bandwidth":
             dims["interleave_cycle"] = ["autotune", 8]
@@ -85,12 +86,14 @@ def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[st
     reasons.append("deterministic: false is tried too; it changes the order examples arrive in")
 
 
-def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str], epochs: int) -> None:
     cores = diagnosis.measurements.cores
     dims["map_parallel"] = ["autotune", cores] if cores > 1 else ["autotune"]
     reasons.append(f"compute-bound: parallel map up to the {cores} cores")
     cached = _cache_choice(diagnosis)
-    if cached:
+    if cached and epochs < 2:
+        reasons.append("no cache: with 1 epoch planned it would only be filled, never read")
+    elif cached:
         dims["cache"] = ["none", cached]
         reasons.append(f"a {cached} cache after the deterministic ops: they take "
                        f"{_deterministic_share(diagnosis):.0%} of the per-element work")

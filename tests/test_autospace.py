@@ -61,6 +61,11 @@ def test_a_costly_deterministic_op_gets_a_cache_that_fits_and_parallel_map(tmp_p
     assert diagnosis.bottleneck.kind == "compute"
     assert chosen.space.cache == ["none", "memory"]
     assert chosen.space.map_parallel == ["autotune", 2]
+    # One epoch planned: a cache would be filled and never read, so it is not tried.
+    one_epoch = make_spec(tmp_path, search={"space": {"auto": True}},
+                          measure={"warmup_steps": 1, "steps": 3, "repeats": 2, "epochs_planned": 1})
+    chosen = auto_space(one_epoch, diagnosis, CPU)
+    assert chosen.space.cache == ["none"] and any("1 epoch planned" in r for r in chosen.reasons)
 
 
 def test_a_cache_over_the_ram_budget_goes_to_disk(tmp_path):
