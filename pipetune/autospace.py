@@ -5,9 +5,9 @@ under ``space: {auto: true, ...}`` are kept as written. Pure: the diagnosis and 
 a ``SearchSpace`` and the reasons for it out.
 
 Per bottleneck (the diagnosis' verdict):
-  blocking I/O   concurrency beyond the cores, sized by Little's law: an interleave over at
-                 least that many shards (reads) or that many map calls (an op), a private
-                 thread pool that large, and ``deterministic: false`` (marked as changing order);
+  blocking I/O   concurrency beyond the cores, sized by Little's law with 2x headroom: an
+                 interleave over at least that many shards (reads) or that many map calls
+                 (an op), a private thread pool that large, and ``deterministic: false`` (marked as changing order);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
                  cost something and more than one epoch is planned (memory if it fits the
                  RAM budget, else disk), and a
@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.device import Device
-from pipetune.diagnose.verdict import Diagnosis, StageCost, sized_concurrency
+from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, sized_concurrency
 from pipetune.spec import SearchSpace, Spec
 
 MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning knob
+# Little's law gives the mean number in flight at exactly the target rate; with waits that
+# vary, that many leaves the pipeline short whenever several are slow at once.
+HEADROOM = 2
 MIN_CACHE_SHARE = 0.2  # a cache pays when the deterministic ops are at least this share of the work
 
 
@@ -71,17 +74,19 @@ def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[st
     stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
     target = min(diagnosis.measurements.consumer.rate, diagnosis.compute_rate, diagnosis.cpu_bound)
     needed = max(2, sized_concurrency(target, stage))
+    tried = min(MAX_CONCURRENCY, HEADROOM * needed)
+    law = (f"Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms = {needed} in flight on "
+           f"average; {HEADROOM}x that as headroom for the waits' variance")
     if stage.kind == "read":
-        shards = min(MAX_SHARDS, max(8, needed))
-        cycle = min(needed, shards)
+        shards = min(MAX_SHARDS, max(8, tried))
+        cycle = min(tried, shards)
         dims.update(shards=[shards], interleave_cycle=["autotune", cycle],
                     private_threadpool_size=[0, max(cycle, diagnosis.measurements.cores)])
-        reasons.append(f"blocking reads: {cycle} files read at once over {shards} shards "
-                       f"(Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms = {needed} in flight)")
+        reasons.append(f"blocking reads: {cycle} files read at once over {shards} shards ({law})")
     else:
-        dims.update(map_parallel=["autotune", needed], private_threadpool_size=[0, needed])
-        reasons.append(f"`{stage.name}` waits: {needed} map calls in flight and a private pool of "
-                       f"{needed} threads (Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms)")
+        dims.update(map_parallel=["autotune", tried], private_threadpool_size=[0, tried])
+        reasons.append(f"`{stage.name}` waits: {tried} map calls in flight and a private pool of "
+                       f"{tried} threads ({law})")
     dims["deterministic"] = [True, False]
     reasons.append("deterministic: false is tried too; it changes the order examples arrive in")
 
