@@ -49,6 +49,7 @@ OUT = ROOT / "reports" / "benchmarks"
 class Settings:
     quick: bool
     work: Path
+    out: Path = OUT  # where the table and the CSV go
 
     @property
     def head_to_head_orders(self) -> list[list[str]]:
@@ -261,9 +262,10 @@ def _missed_auto_targets(workload: Workload, row: dict) -> list[str]:
 
 
 def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wall_s: float) -> Path:
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows)
-    frame.to_csv(OUT / "benchmarks.csv", index=False)
+    frame.to_csv(out / "benchmarks.csv", index=False)
     device = detect_device()
     import tensorflow as tf
 
@@ -314,8 +316,8 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
               f"(95% CI {overhead['overhead_ci95'][0] * 100:+.1f}% to {overhead['overhead_ci95'][1] * 100:+.1f}%); "
               f"the samplers' own CPU use: {overhead['sampler_cpu_fraction'] * 100:.1f}% of one core at "
               f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."])]
-    (OUT / "benchmarks.md").write_text("\n".join(lines) + "\n")
-    return OUT / "benchmarks.md"
+    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    return out / "benchmarks.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10-step windows and 2 head-to-head rounds (full: 20 and 4)")
     parser.add_argument("--only", action="append", help="run only workloads whose name contains this")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "benchmarks" / "work")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for benchmarks.md and .csv")
     args = parser.parse_args(argv)
-    settings = Settings(args.quick, args.work)
+    settings = Settings(args.quick, args.work, args.out)
     started = time.time()
     chosen = [w for w in WORKLOADS if not args.only or any(o in w.name for o in args.only)]
     rows = []
