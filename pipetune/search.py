@@ -9,11 +9,12 @@ Strategies:
 
 The reference variants are always measured in full, first. The candidates follow in the
 order the sweep's diagnosis predicts best first (predict.py), or a seeded random order without
-one; a budget too small for all measures the first of them, at least ``MIN_SCREENED``. Each
-measurement is claimed in
-the study's database before it runs (``claims.py``), so workers sharing one storage URL split
-the work and never measure a variant twice; every finished measurement is stored as an Optuna
-trial with the raw result attached, so ``--resume`` loses and repeats nothing.
+one; a budget too small for all measures the first of them, at least ``MIN_SCREENED``.
+
+Each measurement is claimed in the study's database before it runs (``claims.py``), so
+workers sharing one storage URL split the work and never measure a variant twice; every
+finished measurement is stored as an Optuna trial with the raw result attached, so
+``--resume`` loses and repeats nothing.
 """
 
 from __future__ import annotations
