@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from monitor_overhead import measure_overhead  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
-from pipetune import predict, stats  # noqa: E402
+from pipetune import stats  # noqa: E402
+from pipetune.documents import diagnosis_summary  # noqa: E402
 from pipetune.device import detect_device  # noqa: E402
 from pipetune.results import Role, TrialResult  # noqa: E402
 from pipetune.outcome import SweepOutcome  # noqa: E402
@@ -202,20 +203,18 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
         "auto_candidates": len(auto.ranking.ranked), "auto_declares_tie": not any(
             c.significant for c in auto.ranking.comparisons),
         # The diagnosis' predicted rate against what the head-to-head measured for the auto pick.
-        "auto_measured_over_predicted": _measured_over_predicted(measured["auto"], _predicted_rate(auto, best(auto))),
+        "auto_measured_over_predicted": _measured_over_predicted(measured["auto"], _predicted_rate(auto)),
         # How good the prior that orders a hand-listed space is: the pick's own predicted rate.
-        "pick_measured_over_predicted": _measured_over_predicted(measured["pick"], _predicted_rate(pick, pick_trial)),
+        "pick_measured_over_predicted": _measured_over_predicted(measured["pick"], _predicted_rate(pick)),
         "wall_s": wall_s,
     }
     row["targets"] = "; ".join(missed_targets(workload, row, vs)) or "met"
     return row
 
 
-def _predicted_rate(outcome: SweepOutcome, trial: TrialResult) -> float | None:
-    if outcome.diagnosis is None:
-        return None
-    epochs = outcome.spec.measure.epochs_planned
-    return predict.predict(PipelineParams(**trial.params), outcome.diagnosis, epochs).steady_rate
+def _predicted_rate(outcome: SweepOutcome) -> float | None:
+    """The sweep's pick as predict.py predicted it (None without a diagnosis)."""
+    return (diagnosis_summary(outcome) or {}).get("pick_predicted_rate")
 
 
 def _measured_over_predicted(results: list[TrialResult], predicted: float | None) -> float:

@@ -7,11 +7,12 @@ a ``SearchSpace`` and the reasons for it out.
 Per bottleneck (the diagnosis' verdict):
   blocking I/O   concurrency beyond the cores, sized by Little's law with 2x headroom: an
                  interleave over at least that many shards (reads) or that many map calls
-                 (an op), a private thread pool that large, and ``deterministic: false`` (marked as changing order);
+                 (an op), a private thread pool that large, and ``deterministic: false``
+                 (marked as changing order);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
-                 cost something and more than one epoch is planned (memory if it fits the
-                 RAM budget, else disk), and a
-                 vectorised map (batch first) when every op acts per batch;
+                 cost something and more than one epoch is planned (memory if it fits the RAM
+                 budget, else disk), and a vectorised map (batch first) when every op acts
+                 per batch;
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
                  consumer's levers instead (the precisions this device runs fast, batch size).

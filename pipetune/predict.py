@@ -75,22 +75,32 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
 
 def best_first(candidates: Sequence[Variant], diagnosis: Mapping[str, Any], objective: str,
                epochs: int, reference: PipelineParams) -> list[Variant]:
-    """The candidates, the best predicted first.
+    """The candidates, the best predicted first (``by_gain`` of their ``speedups``)."""
+    return by_gain(candidates, speedups(candidates, diagnosis, objective, epochs, reference), reference)
+
+
+def speedups(candidates: Sequence[Variant], diagnosis: Mapping[str, Any], objective: str,
+             epochs: int, reference: PipelineParams) -> dict[str, float]:
+    """Each candidate's predicted speed-up over ``reference`` (> 1: faster), by key."""
+    theirs = predict(reference, diagnosis, epochs).value(objective)
+    return {v.key: _ratio(predict(v.params, diagnosis, epochs).value(objective), theirs, objective)
+            for v in candidates}
+
+
+def by_gain(candidates: Sequence[Variant], gains: Mapping[str, float],
+            reference: PipelineParams) -> list[Variant]:
+    """The candidates, the highest predicted gain first.
 
     Among equal predictions the order spreads out: next comes the variant that differs most
     from ``reference`` (tf.data's AUTOTUNE pipeline, measured anyway) and from those already
     ordered, so a budget that screens only the first few learns what the prediction cannot
     tell apart, rather than measuring near-copies of the reference. Key order breaks the rest:
     two sweeps of one spec measure the same variants first, whatever their seeds."""
-    sign = -1.0 if objective == "throughput" else 1.0
+    def gain(variant: Variant) -> float:
+        return -float(f"{gains[variant.key]:.6g}")  # equal to 6 digits: equal
 
-    def predicted(variant: Variant) -> float:
-        value = predict(variant.params, diagnosis, epochs).value(objective)
-        return float(f"{sign * value:.6g}")  # equal to 6 digits: equal
-
-    by_value = sorted(candidates, key=lambda v: (predicted(v), v.key))
     order: list[Variant] = []
-    for _, group in itertools.groupby(by_value, key=predicted):
+    for _, group in itertools.groupby(sorted(candidates, key=lambda v: (gain(v), v.key)), key=gain):
         order += _spread(list(group), reference)
     return order
 
@@ -114,11 +124,8 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
     return sum(value != b[name] for name, value in a.items())
 
 
-def predicted_speedup(params: PipelineParams, over: PipelineParams, diagnosis: Mapping[str, Any],
-                      objective: str, epochs: int) -> float:
-    """``params``' predicted speed-up over ``over`` (> 1: faster)."""
-    mine = predict(params, diagnosis, epochs).value(objective)
-    theirs = predict(over, diagnosis, epochs).value(objective)
+def _ratio(mine: float, theirs: float, objective: str) -> float:
+    """A speed-up from two objective values: rates divide one way, times the other."""
     return mine / theirs if objective == "throughput" else theirs / mine
 
 

@@ -92,9 +92,8 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     predicted = None
     if diagnosis is not None:  # the best predicted first: what a budget too small for all measures
         autotune = next(v.params for v in references if v.role is Role.AUTOTUNE_DEFAULT)
-        candidates = predict.best_first(candidates, diagnosis, objective, spec.measure.epochs_planned, autotune)
-        predicted = {v.key: predict.predicted_speedup(v.params, autotune, diagnosis, objective,
-                                                      spec.measure.epochs_planned) for v in candidates}
+        predicted = predict.speedups(candidates, diagnosis, objective, spec.measure.epochs_planned, autotune)
+        candidates = predict.by_gain(candidates, predicted, autotune)
     budget = options.budget_s or spec.search.budget_s
     board = search.ClaimBoard(storage_url, name)
     study = search.open_study(storage_url, name, objective)

@@ -46,7 +46,8 @@ def test_a_waiting_op_needs_a_private_pool_for_calls_beyond_the_cores() -> None:
         rate(AUTOTUNE, WAITING_OP))
     pooled = AUTOTUNE.model_copy(update={"map_parallel": 16, "private_threadpool_size": 16})
     assert rate(pooled, WAITING_OP) == pytest.approx(16 / 0.00405, rel=1e-3)
-    assert predict.predicted_speedup(pooled, AUTOTUNE, WAITING_OP, "time_to_train", 1) == pytest.approx(8, rel=1e-3)
+    gains = predict.speedups([Variant(pooled)], WAITING_OP, "time_to_train", 1, AUTOTUNE)
+    assert gains[Variant(pooled).key] == pytest.approx(8, rel=1e-3)
 
 
 def test_waiting_reads_go_as_wide_as_the_interleave_and_the_shards_allow() -> None:

@@ -104,8 +104,7 @@ def build_diagnosis(summary: dict[str, Any] | None) -> DiagnosisSection | None:
         space=tuple((name, tuple(_value(v) for v in values))
                     for name, values in (summary.get("space") or {}).items()),
         consumer_bound=bool(summary.get("consumer_bound", False)),
-        predicted_rate=number(summary.get("pick_predicted_rate", summary.get("predicted_rate"))),
-        pick_measured_rate=measured,
+        predicted_rate=number(summary.get("pick_predicted_rate")), pick_measured_rate=measured,
         log_scale=needs_log_scale([b.ceiling for b in levers] + [consumer_rate, measured]),
     )
 
