@@ -15,7 +15,8 @@ Per bottleneck (the diagnosis' verdict):
                  per batch;
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
-                 consumer's levers instead (the precisions this device runs fast, batch size).
+                 consumer's levers instead (the precisions this device runs fast, batch size,
+                 XLA, steps per call).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning k
 # vary, that many leaves the pipeline short whenever several are slow at once.
 HEADROOM = 2
 MIN_CACHE_SHARE = 0.2  # a cache pays when the deterministic ops are at least this share of the work
+# steps_per_execution tried: enough calls saved to show whether dispatch overhead matters (8
+# steps per call cut Keras' per-step overhead ~8x); windows round up to whole calls.
+STEPS_PER_CALL = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +136,13 @@ def _deterministic_share(diagnosis: Diagnosis) -> float:
 def _consumer_levers(spec: Spec, device: Device, dims: dict[str, list[Any]], reasons: list[str]) -> None:
     fast = ["float32", *(p for p in ("mixed_bfloat16", "mixed_float16") if not device.precision_problem(p))]
     batch = spec.search.space.batch_size[0]
-    dims.update(precision=fast, batch_size=[batch, batch * 2])
+    xla = spec.model.jit_compile
+    dims.update(precision=fast, batch_size=[batch, batch * 2], jit_compile=[xla, not xla],
+                steps_per_execution=[1, STEPS_PER_CALL])
     reasons.append(f"the consumer's levers instead: precision {', '.join(fast)} (what this device runs "
-                   f"fast) and batch size {batch} or {batch * 2}; both change training itself")
+                   f"fast) and batch size {batch} or {batch * 2}, which change training itself; XLA "
+                   f"(jit_compile) on and off, and {STEPS_PER_CALL} steps per call "
+                   "(steps_per_execution), which do not")
 
 
 def _stage(costs: Sequence[StageCost], name: str | None) -> StageCost:

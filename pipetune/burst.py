@@ -38,6 +38,9 @@ class BurstPlan:
     batch_size: int
     shuffle_buffer: int = 0
     whole_epoch_s: float = WHOLE_EPOCH_S
+    # The consumer takes this many batches per call, as a tuple (steps_per_execution); fewer
+    # where an epoch or a window ends.
+    batches_per_call: int = 1
 
     @property
     def buffer_steps(self) -> int:
@@ -70,25 +73,37 @@ class _Stepper:
     clock: Callable[[], int]
     count: Callable[[Any], int]
     cpu_clock: Callable[[], float]
+    batches_per_call: int = 1
     window_cpu_s: float = field(default=0.0)
 
     def run(self, iterator: Iterator[Any], number: int | None) -> tuple[RepeatTiming | None, bool]:
         """Up to ``number`` steps (None: to the epoch's end). Returns (timing or None when no
-        step ran, whether the epoch ended)."""
+        step ran, whether the epoch ended).
+
+        A consumer of several batches per call gets them as a tuple: each ``next()`` is timed
+        as input wait, and the call's time is the last batch's step (the others' are 0), so
+        waits and steps still add up to the wall time."""
         requests, waits, steps, examples = [], [], [], 0
         while number is None or len(steps) < number:
-            requested = self.clock()
-            try:
-                batch = next(iterator)
-            except StopIteration:
+            wanted = self.batches_per_call if number is None else min(self.batches_per_call, number - len(steps))
+            batches, ended = [], False
+            while len(batches) < wanted:
+                requested = self.clock()
+                try:
+                    batches.append(next(iterator))
+                except StopIteration:
+                    ended = True
+                    break
+                received = self.clock()
+                requests.append(requested)
+                waits.append(received - requested)
+            if batches:
+                self.consume(batches[0] if self.batches_per_call == 1 else tuple(batches))
+                steps += [0] * (len(batches) - 1) + [self.clock() - received]
+                # after the step's timestamps: no timed span includes the counting
+                examples += sum(self.count(batch) for batch in batches)
+            if ended:
                 return _timing(requests, waits, steps, examples), True
-            received = self.clock()
-            self.consume(batch)
-            done = self.clock()
-            requests.append(requested)
-            waits.append(received - requested)
-            steps.append(done - received)
-            examples += self.count(batch)  # after the step's timestamps: no timed span includes it
         return _timing(requests, waits, steps, examples), False
 
     def timed(self, iterator: Iterator[Any], number: int | None) -> RepeatTiming | None:
@@ -120,7 +135,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
     counts ``plan.batch_size``.
     """
     count = examples_in or (lambda batch: plan.batch_size)
-    stepper = _Stepper(consume, clock, count, cpu_clock)
+    stepper = _Stepper(consume, clock, count, cpu_clock, plan.batches_per_call)
     epoch = _epoch(dataset)
     start = clock()
     stepper.run(epoch, 1)
@@ -204,11 +219,39 @@ def discarding_consumer(batch: Any) -> None:
     """``input`` mode: the pipeline alone, as fast as it runs."""
 
 
-def training_consumer(model: Any) -> Consumer:
-    """One optimiser step per batch. ``train_on_batch`` returns host values, so it is synchronous."""
+def training_consumer(model: Any, steps_per_execution: int = 1) -> Consumer:
+    """One optimiser step per batch. ``train_on_batch`` returns host values, so it is synchronous.
+
+    With ``steps_per_execution`` > 1 it takes a tuple of batches: a full one runs as one call
+    of a compiled function holding that many steps, with one host sync at its end, as
+    ``model.compile(steps_per_execution=N)`` makes ``fit`` do; a shorter one (an epoch's end)
+    runs step by step, so it compiles nothing new."""
 
     def consume(batch: Any) -> None:
         features, labels = batch
         model.train_on_batch(features, labels)
 
-    return consume
+    if steps_per_execution == 1:
+        return consume
+    import tensorflow as tf
+
+    # Keras' own step, compiled once (with the model's XLA setting), called N times per call.
+    step = tf.function(model.train_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
+
+    @tf.function(reduce_retracing=True)
+    def steps(batches: tuple[Any, ...]) -> Any:
+        logs = None
+        for batch in batches:  # a Python tuple: N calls of the one compiled step
+            logs = step(batch)
+        return logs
+
+    def consume_many(batches: tuple[Any, ...]) -> None:
+        if len(batches) < steps_per_execution:
+            for batch in batches:
+                consume(batch)
+            return
+        logs = steps(batches)
+        for value in logs.values():  # to the host: the call has finished
+            value.numpy()
+
+    return consume_many

@@ -98,6 +98,12 @@ DIMENSIONS: tuple[Dimension, ...] = (
     # Its default is the spec's model.jit_compile (spec.py); pipetune's builtin models use it.
     Dimension("jit_compile", bool, False, (False,), "XLA", "model", False,
               lambda v: "model compiled with XLA (jit_compile)" if v else "model without XLA"),
+    # The consumer too: model.compile(steps_per_execution=N), N training steps per call of the
+    # compiled step, so Python's dispatch and the host sync are paid once per N batches. Train
+    # mode only (space.py); Keras' callbacks then see every Nth batch.
+    Dimension("steps_per_execution", PositiveInt, 1, (1,), "steps/call", "model", False,
+              lambda v: "one training step per call" if v == 1 else f"{v} training steps per call "
+              "(steps_per_execution)"),
     Dimension("deterministic", bool, True, (True,), "determ.", "options", True,
               lambda v: "deterministic order" if v else "non-deterministic order"),
     Dimension("private_threadpool_size", NonNegativeInt, 0, (0,), "pool", "options", False,

@@ -149,9 +149,19 @@ def _header(outcome: SweepOutcome, ranked: RankedTrial, rank: int, today: dateti
         "    import best_pipeline",
         "    best_pipeline.apply_precision_policy()  # before building the model",
         "    dataset = best_pipeline.make_dataset()",
+        *_compile_hint(outcome, params),
     ]
     return "\n".join(line for text in lines for line in
                      (comment_lines(text, "", width=200) if text else ["#"]))
+
+
+def _compile_hint(outcome: SweepOutcome, params: PipelineParams) -> list[str]:
+    """The consumer's measured settings, as the call that applies them (train mode only: in the
+    other modes no model ran, so nothing about it was measured)."""
+    if outcome.mode != "train":
+        return []
+    return [f"    model.compile(..., jit_compile={params.jit_compile!r}, "
+            f"steps_per_execution={params.steps_per_execution!r})  # as measured"]
 
 
 def _objective_words(objective: str, epochs: int) -> str:

@@ -56,6 +56,7 @@ class SpaceFacts:
     cache_bytes_estimate: int | None = None  # decoded size of the cached dataset
     ram_budget_bytes: int = 8 * 2**30
     ops: tuple[Op, ...] = ()  # the spec's preprocess ops (enumerate_space fills them in)
+    mode: str = "train"  # the spec's measure.mode (enumerate_space fills it in)
 
 
 def variant_key(params: PipelineParams) -> str:
@@ -111,7 +112,7 @@ def reference_variants(spec: Spec, device: Device) -> list[Variant]:
 def enumerate_space(spec: Spec, facts: SpaceFacts) -> tuple[list[Variant], list[Dropped]]:
     """Every valid candidate of the spec's space (deduplicated), and the dropped points."""
     dims = spec.search.space.dimensions()
-    facts = dataclasses.replace(facts, ops=spec.ops)
+    facts = dataclasses.replace(facts, ops=spec.ops, mode=spec.measure.mode)
     valid: dict[str, Variant] = {}
     dropped: dict[str, Dropped] = {}
     for values in itertools.product(*dims.values()):
@@ -162,6 +163,13 @@ def prefetch_to_device_needs_gpu(params: PipelineParams, facts: SpaceFacts) -> s
     return None
 
 
+def steps_per_execution_needs_training(params: PipelineParams, facts: SpaceFacts) -> str | None:
+    if params.steps_per_execution != 1 and facts.mode != "train":
+        return (f"steps_per_execution {params.steps_per_execution} needs measure.mode train: in "
+                f"{facts.mode} mode no model step runs, so there is no call overhead to save")
+    return None
+
+
 def precision_too_slow(params: PipelineParams, facts: SpaceFacts) -> str | None:
     return facts.device.precision_problem(params.precision)
 
@@ -176,7 +184,8 @@ def memory_cache_over_budget(params: PipelineParams, facts: SpaceFacts) -> str |
 
 RULES: tuple[Rule, ...] = (interleave_over_one_shard, parallel_reads_over_one_shard,
                            vectorized_map_needs_per_batch_ops, prefetch_to_device_needs_gpu,
-                           precision_too_slow, memory_cache_over_budget)
+                           steps_per_execution_needs_training, precision_too_slow,
+                           memory_cache_over_budget)
 
 
 def first_problem(params: PipelineParams, facts: SpaceFacts) -> str | None:

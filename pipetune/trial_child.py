@@ -92,10 +92,13 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         module = plan.load_module(scratch)
         dataset = module.make_dataset(training=True, cache_path=str(scratch / "cache"))
         consume = _consumer(request, dataset)
-        burst_plan = BurstPlan(request.warmup_steps, request.steps, request.repeats,
-                               steps_per_epoch=_steps_per_epoch(request),
+        per_call = params.steps_per_execution if request.mode == "train" else 1
+        # Warm-up and windows in whole calls: a window's last call holds all its steps.
+        burst_plan = BurstPlan(_whole_calls(request.warmup_steps, per_call), _whole_calls(request.steps, per_call),
+                               request.repeats, steps_per_epoch=_steps_per_epoch(request),
                                fill_epoch=params.cache != "none" and not request.consumer_ceiling,
-                               batch_size=params.batch_size, shuffle_buffer=params.shuffle_buffer)
+                               batch_size=params.batch_size, shuffle_buffer=params.shuffle_buffer,
+                               batches_per_call=per_call)
         if request.consumer_ceiling:
             dataset = _one_batch_in_memory(dataset, burst_plan.steps_per_epoch)
         monitors = Monitors(interval_s=request.monitor_interval_s)
@@ -141,6 +144,11 @@ def _cpu_s_per_example(timing: Any) -> float | None:
     return timing.window_cpu_s / examples if examples else None
 
 
+def _whole_calls(steps: int, per_call: int) -> int:
+    """``steps`` rounded up to a multiple of the steps the consumer takes per call."""
+    return math.ceil(steps / per_call) * per_call
+
+
 def _steps_per_epoch(request: TrialRequest) -> int:
     batches = request.num_examples / request.params.batch_size
     return max(1, math.floor(batches) if request.params.drop_remainder else math.ceil(batches))
@@ -161,7 +169,8 @@ def _consumer(request: TrialRequest, dataset: Any) -> Any:
     if any(dim is None for dim in shape):
         shape = tuple(next(iter(dataset.take(1)))[0].shape[1:])
     params = request.params
-    return training_consumer(build_model(request.spec, shape, params.precision, params.jit_compile))
+    model = build_model(request.spec, shape, params.precision, params.jit_compile)
+    return training_consumer(model, params.steps_per_execution)
 
 
 def _as_int(value: float | None) -> int | None:
@@ -179,6 +188,7 @@ def environment(request: TrialRequest) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "jit_compile": request.params.jit_compile,
+        "steps_per_execution": request.params.steps_per_execution,
         "mode": request.mode,
         "argv0": Path(sys.argv[0]).name,
     }

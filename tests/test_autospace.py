@@ -99,6 +99,8 @@ def test_consumer_bound_in_train_mode_searches_the_consumers_levers(tmp_path):
     chosen = auto_space(spec(tmp_path), diagnosis, CPU)
     assert chosen.space.precision == ["float32", "mixed_bfloat16"]  # what this CPU runs fast
     assert chosen.space.batch_size == [64, 128]
+    assert chosen.space.jit_compile == [False, True]  # from the spec's model.jit_compile (false)
+    assert chosen.space.steps_per_execution == [1, 8]
     assert chosen.space.map_parallel == ["autotune"]
 
 

@@ -57,44 +57,48 @@ class ScriptedDataset:
 
 class ScriptedConsumer:
     def __init__(self, clock: ScriptedClock, step_ns: int) -> None:
-        self.clock, self.step_ns, self.consumed = clock, step_ns, []
+        self.clock, self.step_ns, self.consumed, self.calls = clock, step_ns, [], []
 
-    def __call__(self, batch: Batch) -> None:
-        self.consumed.append(batch)
+    def __call__(self, batch: Batch | tuple[Batch, ...]) -> None:
+        """One call: one batch, or a tuple of them (steps_per_execution), for one step's time."""
+        self.calls.append(batch)
+        self.consumed += batch if isinstance(batch, tuple) else [batch]
         self.clock.now += self.step_ns
 
 
 def burst(steps_per_epoch: int, *, step_ns: int = 4 * MS, wait_ns=lambda i: MS, restart_ns: int = 0,
           warmup_steps: int = 2, steps: int = 3, repeats: int = 2, fill_epoch: bool = False,
-          shuffle_buffer: int = 0, whole_epoch_s: float = 3.0, last_size: int | None = None):
+          shuffle_buffer: int = 0, whole_epoch_s: float = 3.0, last_size: int | None = None,
+          batches_per_call: int = 1):
     clock = ScriptedClock()
     dataset = ScriptedDataset(clock, steps_per_epoch, wait_ns, restart_ns, last_size=last_size)
     consumer = ScriptedConsumer(clock, step_ns)
     plan = BurstPlan(warmup_steps, steps, repeats, steps_per_epoch, fill_epoch, batch_size=8,
-                     shuffle_buffer=shuffle_buffer, whole_epoch_s=whole_epoch_s)
+                     shuffle_buffer=shuffle_buffer, whole_epoch_s=whole_epoch_s,
+                     batches_per_call=batches_per_call)
     cpu = iter(range(10**6))  # a CPU clock that ticks one second per reading
     timing = run_burst(dataset, consumer, plan, clock=clock, examples_in=lambda b: b.size,
                        cpu_clock=lambda: float(next(cpu)))
-    return timing, consumer.consumed, dataset
+    return timing, consumer, dataset
 
 
 # --------------------------------------------------------------------------- start-up and fill
 
 
 def test_start_up_is_the_first_batch_and_its_step():
-    timing, consumed, _ = burst(100, restart_ns=7 * MS, whole_epoch_s=0.0)
+    timing, consumer, _ = burst(100, restart_ns=7 * MS, whole_epoch_s=0.0)
     assert timing.startup_ns == 7 * MS + MS + 4 * MS  # iterator, first batch, its step (tracing)
-    assert consumed[0] == Batch(0, 0, 8)
+    assert consumer.consumed[0] == Batch(0, 0, 8)
     assert timing.fill_ns is None
 
 
 def test_the_fill_is_the_rest_of_the_first_epoch_without_start_up():
     # A slow start-up (50 ms for the first batch) must not land in the fill.
-    timing, consumed, _ = burst(6, wait_ns=lambda i: 50 * MS if i == 0 else MS, restart_ns=3 * MS,
+    timing, consumer, _ = burst(6, wait_ns=lambda i: 50 * MS if i == 0 else MS, restart_ns=3 * MS,
                                 fill_epoch=True)
     assert timing.startup_ns == 3 * MS + 50 * MS + 4 * MS
     assert timing.fill_ns == 5 * (MS + 4 * MS)  # batches 1-5 of epoch 0, start-up excluded
-    assert [b.index for b in consumed[:6]] == list(range(6)) and consumed[6].epoch == 1
+    assert [b.index for b in consumer.consumed[:6]] == list(range(6)) and consumer.consumed[6].epoch == 1
 
 
 # --------------------------------------------------------------------------- windows and epochs
@@ -102,7 +106,7 @@ def test_the_fill_is_the_rest_of_the_first_epoch_without_start_up():
 
 def test_short_epochs_are_timed_whole_each_from_a_fresh_iterator():
     # 6 steps of 5 ms: a 30 ms epoch, well under 3 s.
-    timing, consumed, dataset = burst(6, restart_ns=2 * MS, steps=3, repeats=3)
+    timing, consumer, dataset = burst(6, restart_ns=2 * MS, steps=3, repeats=3)
     assert timing.whole_epochs and timing.boundary_ns == 0
     assert [len(r.step_ns) for r in timing.repeats] == [6, 6, 6]
     # Epoch 0 is start-up and warm-up; then one whole epoch per repeat.
@@ -120,15 +124,15 @@ def test_a_window_that_cannot_fit_between_buffer_fill_and_drain_means_whole_epoc
 
 def test_long_epochs_are_timed_in_mid_epoch_windows_with_a_fresh_iterator_each():
     # 1000 steps of 5 ms: a 5 s epoch; buffer 32 = 4 batches to fill, 4 to drain.
-    timing, consumed, dataset = burst(1000, steps=10, repeats=3, warmup_steps=2, shuffle_buffer=32)
+    timing, consumer, dataset = burst(1000, steps=10, repeats=3, warmup_steps=2, shuffle_buffer=32)
     assert not timing.whole_epochs
     assert [len(r.step_ns) for r in timing.repeats] == [10, 10, 10]
     # Repeat 1 follows start-up (1) and warm-up (4 = the buffer fill); repeats 2 and 3 each
     # open a fresh iterator and warm up again; the boundary measurement opens one more.
     assert dataset.epochs == 4
-    epochs_of = [b.epoch for b in consumed]
+    epochs_of = [b.epoch for b in consumer.consumed]
     assert epochs_of[5:15] == [0] * 10  # repeat 1: batches 5-14 of epoch 0
-    assert consumed[15] == Batch(1, 0, 8)  # a fresh iterator, not batch 15 of epoch 0
+    assert consumer.consumed[15] == Batch(1, 0, 8)  # a fresh iterator, not batch 15 of epoch 0
 
 
 def test_warm_up_covers_the_shuffle_buffer_fill():
@@ -171,22 +175,38 @@ def test_wait_and_step_split_is_exact_on_a_scripted_clock():
     assert timing.windows == tuple((r.start_ns, r.end_ns) for r in timing.repeats)
 
 
+def test_a_consumer_of_several_batches_per_call_gets_them_as_one_call():
+    """steps_per_execution: each batch's wait is timed, the call's time is the last batch's
+    step, so the repeat still adds up to its wall time; an epoch's end gives a shorter call."""
+    timing, consumer, _ = burst(10, steps=8, repeats=2, warmup_steps=4, batches_per_call=4)
+    assert timing.whole_epochs  # 10 steps of 5 ms: a short epoch, timed whole
+    for repeat in timing.repeats:
+        assert repeat.wait_ns == (MS,) * 10
+        assert repeat.step_ns == (0, 0, 0, 4 * MS) * 2 + (0, 4 * MS)  # calls of 4, 4 and 2
+        assert repeat.wall_ns == 10 * MS + 3 * 4 * MS
+        assert repeat.examples == 10 * 8
+    sizes = [len(call) for call in consumer.calls]
+    assert sizes[0] == 1  # start-up: the first batch alone
+    assert sizes[-3:] == [4, 4, 2]
+
+
 @settings(max_examples=80, deadline=None)
 @given(spe=st.integers(1, 60), steps=st.integers(1, 12), repeats=st.integers(1, 3),
        warmup=st.integers(0, 5), buffer=st.sampled_from([0, 8, 32, 200]), fill=st.booleans(),
-       step_ms=st.sampled_from([1, 100]))
-def test_a_window_never_crosses_an_epoch_end(spe, steps, repeats, warmup, buffer, fill, step_ms):
+       step_ms=st.sampled_from([1, 100]), per_call=st.sampled_from([1, 3, 8]))
+def test_a_window_never_crosses_an_epoch_end(spe, steps, repeats, warmup, buffer, fill, step_ms, per_call):
     """Whatever the plan, every timed window is inside one epoch, and a window that reaches an
     epoch's end is that whole epoch."""
     clock = ScriptedClock()
     dataset = ScriptedDataset(clock, spe)
     seen: list[tuple[int, Batch]] = []  # (clock before the step, batch)
 
-    def consume(batch: Batch) -> None:
-        seen.append((clock.now, batch))
+    def consume(call: Batch | tuple[Batch, ...]) -> None:
+        seen.extend((clock.now, batch) for batch in (call if per_call > 1 else (call,)))
         clock.now += step_ms * MS
 
-    plan = BurstPlan(warmup, steps, repeats, spe, fill, batch_size=8, shuffle_buffer=buffer)
+    plan = BurstPlan(warmup, steps, repeats, spe, fill, batch_size=8, shuffle_buffer=buffer,
+                     batches_per_call=per_call)
     timing = run_burst(dataset, consume, plan, clock=clock)
     for repeat in timing.repeats:
         inside = [b for t, b in seen if repeat.start_ns <= t <= repeat.end_ns]

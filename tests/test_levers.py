@@ -1,5 +1,5 @@
 """The levers of issue 13: parallel_reads, the snapshot cache, vectorized_map,
-prefetch_to_device and jit_compile. Each renders, builds, keeps the data, obeys its rules,
+prefetch_to_device, jit_compile and steps_per_execution. Each renders, builds, keeps the data, obeys its rules,
 and carries its evidence into best_pipeline.py."""
 
 from __future__ import annotations
@@ -236,6 +236,41 @@ def test_build_model_compiles_with_the_variants_jit_compile(tf, tmp_path):
     assert build_model(spec, (4,), "float32", False).jit_compile is False
 
 
+# --------------------------------------------------------------------------- steps_per_execution
+
+
+def test_steps_per_execution_runs_that_many_optimiser_steps_per_call(tf, tmp_path):
+    """A full tuple is one call of N steps; a shorter one (an epoch's end) runs step by step.
+    Each batch is trained on exactly once, whatever the grouping."""
+    from pipetune.burst import training_consumer
+    from pipetune.models import build_model
+
+    spec = make_spec(tmp_path, model={"builtin": "mlp"})
+    model = build_model(spec, (4,), "float32", False)
+    batch = (tf.random.uniform((8, 4)), tf.zeros((8,), tf.int64))
+    consume = training_consumer(model, steps_per_execution=4)
+    consume((batch,))  # a lone batch builds the model and optimiser, as start-up does
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    consume((batch,) * 4)
+    assert int(model.optimizer.iterations.numpy()) == 5
+    consume((batch,) * 3)
+    assert int(model.optimizer.iterations.numpy()) == 8
+    assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
+
+
+def test_steps_per_execution_needs_train_mode(tmp_path):
+    space = {"steps_per_execution": [1, 8]}
+    simulated = make_spec(tmp_path, search={"space": space}, model={"step_time_ms": 5},
+                          measure={"mode": "simulate"})
+    valid, dropped = enumerate_space(simulated, SpaceFacts(CPU))
+    assert {v.params.steps_per_execution for v in valid} == {1}
+    assert dropped[0].reason.startswith("steps_per_execution 8 needs measure.mode train")
+    training = make_spec(tmp_path, search={"space": space}, model={"builtin": "mlp"},
+                         measure={"mode": "train"})
+    valid, dropped = enumerate_space(training, SpaceFacts(CPU))
+    assert {v.params.steps_per_execution for v in valid} == {1, 8} and not dropped
+
+
 # --------------------------------------------------------------------------- evidence
 
 
@@ -243,16 +278,19 @@ def test_searched_levers_carry_their_evidence_into_best_pipeline(tmp_path):
     """The evidence lands on the line of each lever's stage: parallel reads on the read, the
     vectorised map on the batched map, jit_compile with the options and precision."""
     space = {"parallel_reads": [1, 4], "vectorized_map": [False, True], "jit_compile": [False, True],
-             "shards": [4]}
+             "steps_per_execution": [1, 8], "shards": [4]}
     spec = numeric_spec(tmp_path, search={"space": space}, model={"builtin": "mlp"})
-    best = PipelineParams(shards=4, parallel_reads=4, vectorized_map=True, jit_compile=True)
+    best = PipelineParams(shards=4, parallel_reads=4, vectorized_map=True, jit_compile=True,
+                          steps_per_execution=8)
     trials = [
-        _trial(best.model_copy(update={"parallel_reads": 1, "vectorized_map": False, "jit_compile": False}),
+        _trial(best.model_copy(update={"parallel_reads": 1, "vectorized_map": False, "jit_compile": False,
+                                       "steps_per_execution": 1}),
                Role.NAIVE, [40, 41, 42]),
         _trial(best, Role.CANDIDATE, [10, 10.5, 11]),
         _trial(best.model_copy(update={"parallel_reads": 1}), Role.CANDIDATE, [20, 21, 22]),
         _trial(best.model_copy(update={"vectorized_map": False}), Role.CANDIDATE, [15, 16, 17]),
         _trial(best.model_copy(update={"jit_compile": False}), Role.CANDIDATE, [12, 13, 14]),
+        _trial(best.model_copy(update={"steps_per_execution": 1}), Role.CANDIDATE, [18, 19, 20]),
     ]
     outcome = SweepOutcome(spec, tmp_path, "grid", "train", trials, [], rank(trials, "time_to_train", epochs=30),
                            CPU, 100.0)
@@ -273,3 +311,6 @@ def test_searched_levers_carry_their_evidence_into_best_pipeline(tmp_path):
     assert re.search(r"parse and ops on whole batches: \d\.\d\dx vs parse and ops per element", batched), batched
     options = comment_before("ds = ds.with_options(make_options())")
     assert re.search(r"model compiled with XLA \(jit_compile\): \d\.\d\dx vs model without XLA", options), options
+    assert re.search(r"8 training steps per call \(steps_per_execution\): \d\.\d\dx vs one training step "
+                     r"per call", options), options
+    assert "#     model.compile(..., jit_compile=True, steps_per_execution=8)  # as measured" in lines
