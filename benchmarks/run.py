@@ -35,6 +35,7 @@ from workloads import WORKLOADS, Workload  # noqa: E402
 from pipetune import stats  # noqa: E402
 from pipetune.documents import diagnosis_summary  # noqa: E402
 from pipetune.device import detect_device  # noqa: E402
+from pipetune.dimensions import BY_NAME  # noqa: E402
 from pipetune.results import Role, TrialResult  # noqa: E402
 from pipetune.outcome import SweepOutcome  # noqa: E402
 from pipetune.runner import ShardLayouts, SweepOptions, effective_mode, measure_variant, run_sweep  # noqa: E402
@@ -200,7 +201,8 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
         **{f"auto_vs_{k}": v[0] for k, v in auto_vs.items()},
         **{f"auto_vs_{k}_ci": f"{v[1]:.2f}-{v[2]:.2f}" for k, v in auto_vs.items()},
         "auto_tuning_s": auto.tuning_time_s, "auto_bottleneck": diagnosis.get("bottleneck", {}).get("kind"),
-        "auto_candidates": len(auto.ranking.ranked), "auto_declares_tie": not any(
+        "auto_candidates": len(auto.ranking.ranked), "auto_consumer_levers": consumer_levers(auto),
+        "auto_declares_tie": not any(
             c.significant for c in auto.ranking.comparisons),
         # The diagnosis' predicted rate against what the head-to-head measured for the auto pick.
         "auto_measured_over_predicted": _measured_over_predicted(measured["auto"], _predicted_rate(auto)),
@@ -210,6 +212,17 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
     }
     row["targets"] = "; ".join(missed_targets(workload, row, vs)) or "met"
     return row
+
+
+CONSUMER_LEVERS = ("precision", "batch_size", "jit_compile", "steps_per_execution")
+
+
+def consumer_levers(outcome: SweepOutcome) -> str:
+    """The consumer's levers the sweep searched, each with the value its pick took."""
+    space = outcome.spec.search.space.dimensions()
+    searched = [name for name in CONSUMER_LEVERS if len(space[name]) > 1]
+    params = best(outcome).params
+    return ", ".join(f"{BY_NAME[name].short} {params[name]}" for name in searched) or "-"
 
 
 def _predicted_rate(outcome: SweepOutcome) -> float | None:
@@ -273,7 +286,7 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
         f"Date {datetime.date.today().isoformat()}; machine: {device.cpu_model}, {device.cpu_cores} cores, "
         f"{device.accelerator_note or 'GPU'}; Python {platform.python_version()}, TensorFlow {tf.__version__}; "
         f"total wall time {wall_s / 60:.1f} min. Workloads 1-8 run in simulate mode (known consumer "
-        "rate), 9-10 in train mode (a real Keras model shares the CPU). The objective is the default "
+        "rate), 9-11 in train mode (a real Keras model shares the CPU). The objective is the default "
         "(projected time to train). Speed-ups are from the benchmark's own head-to-head (>1 = the pick "
         "is faster), 95% bootstrap CI in brackets. *unconfirmed* lists references the pick's sweep "
         "called significantly slower where the head-to-head interval does not lie above 1. "
@@ -296,15 +309,16 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
               "hand-listed space's pick (>= 0.95 is the target); *measured / predicted*: the head-to-head "
               "rate of the auto pick over the rate predict.py gave it from the diagnosis (within 2x is the target).", "",
               "| workload | bottleneck | candidates | auto vs pick | auto vs autotune-default | "
-              "tuning s (auto / listed) | tie declared | measured / predicted |",
-              "|---|---|---|---|---|---|---|---|"]
+              "tuning s (auto / listed) | tie declared | measured / predicted | consumer levers searched: the pick's |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['auto_bottleneck']} | {r['auto_candidates']} | "
             f"{r['auto_vs_pick']:.2f} ({r['auto_vs_pick_ci']}) | "
             f"{r['auto_vs_autotune-default']:.2f} ({r['auto_vs_autotune-default_ci']}) | "
             f"{r['auto_tuning_s']:.0f} / {r['pick_tuning_s']:.0f} | "
-            f"{'yes' if r['auto_declares_tie'] else 'no'} | {r['auto_measured_over_predicted']:.2f} |")
+            f"{'yes' if r['auto_declares_tie'] else 'no'} | {r['auto_measured_over_predicted']:.2f} | "
+            f"{r['auto_consumer_levers']} |")
     met = sum(r["repeatable"] for r in rows)
     unconfirmed = sum(bool(r["unconfirmed_claims"]) for r in rows)
     lines += ["", f"Repeatability: {met} of {len(rows)} workload pairs (target: at least 9 of 10). "

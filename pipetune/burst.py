@@ -23,6 +23,10 @@ from typing import Any
 from pipetune.results import RepeatTiming
 
 Consumer = Callable[[Any], None]
+# (wait ns, step ns, examples) of each batch a call took, in order; fewer than asked: the epoch ended.
+CallRecords = list[tuple[int, int, int]]
+# Takes up to N batches from an epoch's iterator in one call (steps_per_execution).
+CallConsumer = Callable[[Iterator[Any], int], CallRecords]
 # An epoch at most this long (at the rate measured in warm-up) is timed whole: a few seconds
 # per repeat buys windows that contain every phase of an epoch (shuffle fill, drain, restart).
 WHOLE_EPOCH_S = 3.0
@@ -38,8 +42,8 @@ class BurstPlan:
     batch_size: int
     shuffle_buffer: int = 0
     whole_epoch_s: float = WHOLE_EPOCH_S
-    # The consumer takes this many batches per call, as a tuple (steps_per_execution); fewer
-    # where an epoch or a window ends.
+    # >1: the consumer is a CallConsumer taking up to this many batches per call
+    # (steps_per_execution); fewer where an epoch or a window ends.
     batches_per_call: int = 1
 
     @property
@@ -69,46 +73,65 @@ class BurstTiming:
 class _Stepper:
     """Runs steps against one clock; each run returns its RepeatTiming-shaped record."""
 
-    consume: Consumer
+    consume: Consumer | CallConsumer
     clock: Callable[[], int]
     count: Callable[[Any], int]
     cpu_clock: Callable[[], float]
     batches_per_call: int = 1
     window_cpu_s: float = field(default=0.0)
 
-    def run(self, iterator: Iterator[Any], number: int | None) -> tuple[RepeatTiming | None, bool]:
+    def run(self, epoch: _Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
         """Up to ``number`` steps (None: to the epoch's end). Returns (timing or None when no
-        step ran, whether the epoch ended).
+        step ran, whether the epoch ended)."""
+        if self.batches_per_call > 1:
+            return self._run_calls(epoch, number)
+        requests, waits, steps, examples = [], [], [], 0
+        while number is None or len(steps) < number:
+            requested = self.clock()
+            try:
+                batch = next(epoch)
+            except StopIteration:
+                return _timing(requests, waits, steps, examples), True
+            received = self.clock()
+            self.consume(batch)
+            done = self.clock()
+            requests.append(requested)
+            waits.append(received - requested)
+            steps.append(done - received)
+            examples += self.count(batch)  # after the step's timestamps: no timed span includes it
+        return _timing(requests, waits, steps, examples), False
 
-        A consumer of several batches per call gets them as a tuple: each ``next()`` is timed
-        as input wait, and the call's time is the last batch's step (the others' are 0), so
-        waits and steps still add up to the wall time."""
+    def _run_calls(self, epoch: _Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
+        """The same for a consumer that takes up to ``batches_per_call`` batches from the
+        iterator in one call and says, per batch, how long it waited and stepped. What the
+        call took beyond those (dispatch, the host sync) is its last step's; creating the
+        epoch's iterator is its first wait."""
         requests, waits, steps, examples = [], [], [], 0
         while number is None or len(steps) < number:
             wanted = self.batches_per_call if number is None else min(self.batches_per_call, number - len(steps))
-            batches, ended = [], False
-            while len(batches) < wanted:
-                requested = self.clock()
-                try:
-                    batches.append(next(iterator))
-                except StopIteration:
-                    ended = True
-                    break
-                received = self.clock()
-                requests.append(requested)
-                waits.append(received - requested)
-            if batches:
-                self.consume(batches[0] if self.batches_per_call == 1 else tuple(batches))
-                steps += [0] * (len(batches) - 1) + [self.clock() - received]
-                # after the step's timestamps: no timed span includes the counting
-                examples += sum(self.count(batch) for batch in batches)
-            if ended:
+            before = self.clock()
+            opening = not epoch.opened
+            iterator = epoch.iterator()
+            opened_ns = self.clock() - before if opening else 0
+            records = self.consume(iterator, wanted)
+            call_ns = self.clock() - before
+            at = before
+            for i, (wait_ns, step_ns, count) in enumerate(records):
+                wait_ns += opened_ns if i == 0 else 0
+                if i == len(records) - 1:
+                    step_ns = max(0, call_ns - (at - before) - wait_ns)
+                requests.append(at)
+                waits.append(wait_ns)
+                steps.append(step_ns)
+                at += wait_ns + step_ns
+                examples += count
+            if len(records) < wanted:
                 return _timing(requests, waits, steps, examples), True
         return _timing(requests, waits, steps, examples), False
 
-    def timed(self, iterator: Iterator[Any], number: int | None) -> RepeatTiming | None:
+    def timed(self, epoch: _Epoch, number: int | None) -> RepeatTiming | None:
         cpu_before = self.cpu_clock()
-        timing, _ = self.run(iterator, number)
+        timing, _ = self.run(epoch, number)
         self.window_cpu_s += self.cpu_clock() - cpu_before
         return timing
 
@@ -117,13 +140,27 @@ def _timing(requests: list[int], waits: list[int], steps: list[int], examples: i
     return RepeatTiming(tuple(requests), tuple(waits), tuple(steps), examples) if steps else None
 
 
-def _epoch(dataset: Iterable[Any]) -> Iterator[Any]:
-    """A fresh iterator over one epoch, created lazily: its creation cost lands in the first
-    batch's wait, where an epoch start pays it."""
-    yield from dataset
+class _Epoch:
+    """A fresh iterator over one epoch, created at its first use: its creation cost lands in
+    the first batch's wait, where an epoch start pays it."""
+
+    def __init__(self, dataset: Iterable[Any]) -> None:
+        self._dataset, self._iterator = dataset, None
+
+    @property
+    def opened(self) -> bool:
+        return self._iterator is not None
+
+    def iterator(self) -> Iterator[Any]:
+        if self._iterator is None:
+            self._iterator = iter(self._dataset)
+        return self._iterator
+
+    def __next__(self) -> Any:
+        return next(self.iterator())
 
 
-def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
+def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: BurstPlan,
               clock: Callable[[], int] = time.perf_counter_ns,
               examples_in: Callable[[Any], int] | None = None,
               cpu_clock: Callable[[], float] = time.process_time) -> BurstTiming:
@@ -136,7 +173,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
     """
     count = examples_in or (lambda batch: plan.batch_size)
     stepper = _Stepper(consume, clock, count, cpu_clock, plan.batches_per_call)
-    epoch = _epoch(dataset)
+    epoch = _Epoch(dataset)
     start = clock()
     stepper.run(epoch, 1)
     startup_ns = clock() - start
@@ -145,13 +182,13 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
         fill_start, fill_cpu = clock(), cpu_clock()
         stepper.run(epoch, None)
         fill_ns, fill_cpu_s = clock() - fill_start, cpu_clock() - fill_cpu
-        epoch = _epoch(dataset)
+        epoch = _Epoch(dataset)
     settled, ended = stepper.run(epoch, plan.settle_steps)
     whole = ended or _measure_whole_epochs(plan, settled, steps_done=0 if plan.fill_epoch else 1)
     if whole:
         if not ended:
             stepper.run(epoch, None)  # the rest of this epoch, untimed: windows start at epochs
-        repeats = [stepper.timed(_epoch(dataset), None) for _ in range(plan.repeats)]
+        repeats = [stepper.timed(_Epoch(dataset), None) for _ in range(plan.repeats)]
         boundary_ns = 0
     else:
         repeats, epoch = _mid_epoch_windows(stepper, epoch, dataset, plan)
@@ -161,13 +198,13 @@ def run_burst(dataset: Iterable[Any], consume: Consumer, plan: BurstPlan,
                        tuple((r.start_ns, r.end_ns) for r in kept), stepper.window_cpu_s, fill_cpu_s)
 
 
-def _mid_epoch_windows(stepper: _Stepper, epoch: Iterator[Any], dataset: Iterable[Any],
-                       plan: BurstPlan) -> tuple[list[RepeatTiming | None], Iterator[Any]]:
+def _mid_epoch_windows(stepper: _Stepper, epoch: _Epoch, dataset: Iterable[Any],
+                       plan: BurstPlan) -> tuple[list[RepeatTiming | None], _Epoch]:
     """The first window follows the warm-up; each later one gets a fresh iterator (no state
     carried from the previous window) and its own warm-up. Returns the last iterator too."""
     repeats = [stepper.timed(epoch, plan.steps)]
     for _ in range(plan.repeats - 1):
-        epoch = _epoch(dataset)
+        epoch = _Epoch(dataset)
         stepper.run(epoch, plan.settle_steps)
         repeats.append(stepper.timed(epoch, plan.steps))
     return repeats, epoch
@@ -192,14 +229,14 @@ def _steady_step_ns(repeats: list[RepeatTiming | None]) -> float:
     return statistics.median(r.wall_ns / len(r.step_ns) for r in repeats if r is not None)
 
 
-def _boundary_ns(stepper: _Stepper, epoch: Iterator[Any], dataset: Iterable[Any], plan: BurstPlan,
+def _boundary_ns(stepper: _Stepper, epoch: _Epoch, dataset: Iterable[Any], plan: BurstPlan,
                  steady_step_ns: float) -> int:
     """What an epoch boundary costs beyond steady steps, measured once: from the end of the
     last window through this epoch's end (the buffer's drain) and the next epoch's start
     (a fresh iterator, the buffer's fill) to its first steady batch."""
     start = stepper.clock()
     tail, _ = stepper.run(epoch, None)
-    head, _ = stepper.run(_epoch(dataset), max(1, plan.settle_steps))
+    head, _ = stepper.run(_Epoch(dataset), max(1, plan.settle_steps))
     span = stepper.clock() - start
     steps = sum(len(r.step_ns) for r in (tail, head) if r is not None)
     return round(span - steps * steady_step_ns)
@@ -219,39 +256,66 @@ def discarding_consumer(batch: Any) -> None:
     """``input`` mode: the pipeline alone, as fast as it runs."""
 
 
-def training_consumer(model: Any, steps_per_execution: int = 1) -> Consumer:
-    """One optimiser step per batch. ``train_on_batch`` returns host values, so it is synchronous.
-
-    With ``steps_per_execution`` > 1 it takes a tuple of batches: a full one runs as one call
-    of a compiled function holding that many steps, with one host sync at its end, as
-    ``model.compile(steps_per_execution=N)`` makes ``fit`` do; a shorter one (an epoch's end)
-    runs step by step, so it compiles nothing new."""
+def training_consumer(model: Any) -> Consumer:
+    """One optimiser step per batch. ``train_on_batch`` returns host values, so it is synchronous."""
 
     def consume(batch: Any) -> None:
         features, labels = batch
         model.train_on_batch(features, labels)
 
-    if steps_per_execution == 1:
-        return consume
+    return consume
+
+
+def multi_step_consumer(model: Any) -> CallConsumer:
+    """Up to N training steps per call, as ``model.compile(steps_per_execution=N)`` makes
+    ``fit`` run them: one ``tf.function`` loops over the iterator in the graph (Keras' own
+    ``train_step``, compiled with the model's XLA setting), so each batch is fetched between
+    steps and the pipeline keeps producing while the model trains; one host sync per call. The
+    graph stamps each fetch and step (``tf.timestamp``, kept in order by control
+    dependencies), so input wait is still measured per batch.
+
+    The first batch ever runs through ``train_on_batch``: it builds the optimiser and metrics,
+    which a graph loop cannot create."""
     import tensorflow as tf
 
-    # Keras' own step, compiled once (with the model's XLA setting), called N times per call.
     step = tf.function(model.train_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
 
-    @tf.function(reduce_retracing=True)
-    def steps(batches: tuple[Any, ...]) -> Any:
-        logs = None
-        for batch in batches:  # a Python tuple: N calls of the one compiled step
-            logs = step(batch)
-        return logs
+    @tf.function
+    def steps(iterator: Any, number: Any) -> Any:
+        stamps = tf.TensorArray(tf.float64, size=0, dynamic_size=True, element_shape=(4,))
+        for i in tf.range(number):
+            asked = tf.timestamp()
+            with tf.control_dependencies([asked]):
+                optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            batch = optional.get_value()
+            with tf.control_dependencies(tf.nest.flatten(batch)):
+                received = tf.timestamp()
+            with tf.control_dependencies([received]):
+                logs = step(batch)
+            with tf.control_dependencies(tf.nest.flatten(logs)):
+                done = tf.timestamp()
+            examples = tf.cast(tf.shape(batch[1])[0], tf.float64)
+            stamps = stamps.write(i, tf.stack([asked, received, done, examples]))
+        return stamps.stack()
 
-    def consume_many(batches: tuple[Any, ...]) -> None:
-        if len(batches) < steps_per_execution:
-            for batch in batches:
-                consume(batch)
-            return
-        logs = steps(batches)
-        for value in logs.values():  # to the host: the call has finished
-            value.numpy()
+    def consume(iterator: Iterator[Any], number: int) -> CallRecords:
+        records: CallRecords = []
+        if not model.optimizer.built:
+            asked = time.perf_counter_ns()
+            try:
+                features, labels = next(iterator)
+            except StopIteration:
+                return records
+            received = time.perf_counter_ns()
+            model.train_on_batch(features, labels)
+            records.append((received - asked, time.perf_counter_ns() - received, int(labels.shape[0])))
+            number -= 1
+        if number > 0:
+            stamps = steps(iterator, tf.constant(number)).numpy()
+            records += [(round((received - asked) * 1e9), round((done - received) * 1e9), int(examples))
+                        for asked, received, done, examples in stamps]
+        return records
 
-    return consume_many
+    return consume

@@ -155,7 +155,7 @@ def _steps_per_epoch(request: TrialRequest) -> int:
 
 
 def _consumer(request: TrialRequest, dataset: Any) -> Any:
-    from pipetune.burst import discarding_consumer, sleeping_consumer, training_consumer
+    from pipetune.burst import discarding_consumer, multi_step_consumer, sleeping_consumer, training_consumer
     from pipetune.models import build_model
 
     if request.mode == "simulate":
@@ -170,7 +170,7 @@ def _consumer(request: TrialRequest, dataset: Any) -> Any:
         shape = tuple(next(iter(dataset.take(1)))[0].shape[1:])
     params = request.params
     model = build_model(request.spec, shape, params.precision, params.jit_compile)
-    return training_consumer(model, params.steps_per_execution)
+    return multi_step_consumer(model) if params.steps_per_execution > 1 else training_consumer(model)
 
 
 def _as_int(value: float | None) -> int | None:

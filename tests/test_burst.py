@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,22 +58,45 @@ class ScriptedDataset:
 
 class ScriptedConsumer:
     def __init__(self, clock: ScriptedClock, step_ns: int) -> None:
-        self.clock, self.step_ns, self.consumed, self.calls = clock, step_ns, [], []
+        self.clock, self.step_ns, self.consumed = clock, step_ns, []
 
-    def __call__(self, batch: Batch | tuple[Batch, ...]) -> None:
-        """One call: one batch, or a tuple of them (steps_per_execution), for one step's time."""
-        self.calls.append(batch)
-        self.consumed += batch if isinstance(batch, tuple) else [batch]
+    def __call__(self, batch: Batch) -> None:
+        self.consumed.append(batch)
         self.clock.now += self.step_ns
+
+
+class ScriptedCallConsumer(ScriptedConsumer):
+    """steps_per_execution: takes up to ``number`` batches from the iterator in one call,
+    stamping each fetch and step as the graph does, plus ``call_ns`` per call (dispatch, sync)."""
+
+    def __init__(self, clock: ScriptedClock, step_ns: int, call_ns: int = 0) -> None:
+        super().__init__(clock, step_ns)
+        self.call_ns, self.calls = call_ns, []
+
+    def __call__(self, iterator: Iterator[Batch], number: int) -> list[tuple[int, int, int]]:
+        records = []
+        for _ in range(number):
+            asked = self.clock.now
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            received = self.clock.now
+            super().__call__(batch)
+            records.append((received - asked, self.step_ns, batch.size))
+        self.clock.now += self.call_ns
+        self.calls.append(len(records))
+        return records
 
 
 def burst(steps_per_epoch: int, *, step_ns: int = 4 * MS, wait_ns=lambda i: MS, restart_ns: int = 0,
           warmup_steps: int = 2, steps: int = 3, repeats: int = 2, fill_epoch: bool = False,
           shuffle_buffer: int = 0, whole_epoch_s: float = 3.0, last_size: int | None = None,
-          batches_per_call: int = 1):
+          batches_per_call: int = 1, call_ns: int = 0):
     clock = ScriptedClock()
     dataset = ScriptedDataset(clock, steps_per_epoch, wait_ns, restart_ns, last_size=last_size)
-    consumer = ScriptedConsumer(clock, step_ns)
+    consumer = (ScriptedCallConsumer(clock, step_ns, call_ns) if batches_per_call > 1
+                else ScriptedConsumer(clock, step_ns))
     plan = BurstPlan(warmup_steps, steps, repeats, steps_per_epoch, fill_epoch, batch_size=8,
                      shuffle_buffer=shuffle_buffer, whole_epoch_s=whole_epoch_s,
                      batches_per_call=batches_per_call)
@@ -175,19 +199,20 @@ def test_wait_and_step_split_is_exact_on_a_scripted_clock():
     assert timing.windows == tuple((r.start_ns, r.end_ns) for r in timing.repeats)
 
 
-def test_a_consumer_of_several_batches_per_call_gets_them_as_one_call():
-    """steps_per_execution: each batch's wait is timed, the call's time is the last batch's
-    step, so the repeat still adds up to its wall time; an epoch's end gives a shorter call."""
-    timing, consumer, _ = burst(10, steps=8, repeats=2, warmup_steps=4, batches_per_call=4)
+def test_a_consumer_of_several_batches_per_call_keeps_each_batchs_wait_and_step():
+    """steps_per_execution: the consumer fetches in its own loop; each batch keeps the wait and
+    step it stamped, and what the call took beyond them is its last step, so every repeat
+    still adds up to its wall time. An epoch's end gives a shorter call."""
+    timing, consumer, _ = burst(10, steps=8, repeats=2, warmup_steps=4, batches_per_call=4,
+                                restart_ns=2 * MS, call_ns=3 * MS)
     assert timing.whole_epochs  # 10 steps of 5 ms: a short epoch, timed whole
     for repeat in timing.repeats:
-        assert repeat.wait_ns == (MS,) * 10
-        assert repeat.step_ns == (0, 0, 0, 4 * MS) * 2 + (0, 4 * MS)  # calls of 4, 4 and 2
-        assert repeat.wall_ns == 10 * MS + 3 * 4 * MS
+        assert repeat.wait_ns == (2 * MS + MS,) + (MS,) * 9  # the iterator's creation: the first wait
+        assert repeat.step_ns == (4 * MS, 4 * MS, 4 * MS, 7 * MS) * 2 + (4 * MS, 7 * MS)  # calls of 4, 4, 2
+        assert repeat.wall_ns == 2 * MS + 10 * (MS + 4 * MS) + 3 * 3 * MS
         assert repeat.examples == 10 * 8
-    sizes = [len(call) for call in consumer.calls]
-    assert sizes[0] == 1  # start-up: the first batch alone
-    assert sizes[-3:] == [4, 4, 2]
+    assert consumer.calls[0] == 1  # start-up: the first batch alone
+    assert consumer.calls[-3:] == [4, 4, 2]  # the short call tells the epoch ended
 
 
 @settings(max_examples=80, deadline=None)
@@ -201,13 +226,20 @@ def test_a_window_never_crosses_an_epoch_end(spe, steps, repeats, warmup, buffer
     dataset = ScriptedDataset(clock, spe)
     seen: list[tuple[int, Batch]] = []  # (clock before the step, batch)
 
-    def consume(call: Batch | tuple[Batch, ...]) -> None:
-        seen.extend((clock.now, batch) for batch in (call if per_call > 1 else (call,)))
+    def consume(batch: Batch) -> None:
+        seen.append((clock.now, batch))
         clock.now += step_ms * MS
+
+    def consume_calls(iterator: Iterator[Batch], number: int) -> list[tuple[int, int, int]]:
+        records = []
+        for batch in itertools.islice(iterator, number):
+            consume(batch)
+            records.append((0, step_ms * MS, batch.size))
+        return records
 
     plan = BurstPlan(warmup, steps, repeats, spe, fill, batch_size=8, shuffle_buffer=buffer,
                      batches_per_call=per_call)
-    timing = run_burst(dataset, consume, plan, clock=clock)
+    timing = run_burst(dataset, consume_calls if per_call > 1 else consume, plan, clock=clock)
     for repeat in timing.repeats:
         inside = [b for t, b in seen if repeat.start_ns <= t <= repeat.end_ns]
         assert len(inside) == len(repeat.step_ns)

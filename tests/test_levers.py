@@ -239,22 +239,25 @@ def test_build_model_compiles_with_the_variants_jit_compile(tf, tmp_path):
 # --------------------------------------------------------------------------- steps_per_execution
 
 
-def test_steps_per_execution_runs_that_many_optimiser_steps_per_call(tf, tmp_path):
-    """A full tuple is one call of N steps; a shorter one (an epoch's end) runs step by step.
-    Each batch is trained on exactly once, whatever the grouping."""
-    from pipetune.burst import training_consumer
+def test_steps_per_execution_runs_up_to_n_steps_per_call_and_stamps_each(tf, tmp_path):
+    """One call trains on each batch it fetches, once; an epoch's end makes a shorter call;
+    every batch comes back with its wait, its step and its examples."""
+    from pipetune.burst import multi_step_consumer
     from pipetune.models import build_model
 
     spec = make_spec(tmp_path, model={"builtin": "mlp"})
     model = build_model(spec, (4,), "float32", False)
-    batch = (tf.random.uniform((8, 4)), tf.zeros((8,), tf.int64))
-    consume = training_consumer(model, steps_per_execution=4)
-    consume((batch,))  # a lone batch builds the model and optimiser, as start-up does
+    data = tf.data.Dataset.from_tensor_slices((tf.random.uniform((70, 4)), tf.zeros((70,), tf.int64))).batch(8)
+    consume = multi_step_consumer(model)
+    iterator = iter(data)  # 9 batches: 8 of 8 examples, 1 of 6
+    first = consume(iterator, 1)  # the first batch builds the optimiser through train_on_batch
     before = [w.numpy().copy() for w in model.trainable_weights]
-    consume((batch,) * 4)
-    assert int(model.optimizer.iterations.numpy()) == 5
-    consume((batch,) * 3)
-    assert int(model.optimizer.iterations.numpy()) == 8
+    calls = [consume(iterator, 4), consume(iterator, 4), consume(iterator, 4)]
+    assert [len(records) for records in calls] == [4, 4, 0]
+    assert int(model.optimizer.iterations.numpy()) == 9
+    records = first + [r for call in calls for r in call]
+    assert [examples for _, _, examples in records] == [8] * 8 + [6]
+    assert all(wait >= 0 and step > 0 for wait, step, _ in records)
     assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
 
 
