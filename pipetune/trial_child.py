@@ -93,7 +93,8 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         dataset = module.make_dataset(training=True, cache_path=str(scratch / "cache"))
         consume = _consumer(request, dataset)
         per_call = params.steps_per_execution if request.mode == "train" else 1
-        # Warm-up and windows in whole calls: a window's last call holds all its steps.
+        # Warm-up and windows in whole calls, as fit runs them: a shorter call at a window's
+        # end would pay a whole call's dispatch and sync for fewer steps.
         burst_plan = BurstPlan(_whole_calls(request.warmup_steps, per_call), _whole_calls(request.steps, per_call),
                                request.repeats, steps_per_epoch=_steps_per_epoch(request),
                                fill_epoch=params.cache != "none" and not request.consumer_ceiling,
