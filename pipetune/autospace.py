@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.device import Device
+from pipetune.dimensions import BY_NAME
+from pipetune.diagnose.measurements import STEPS_PER_CALL, ConsumerMeasurement
 from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, sized_concurrency
 from pipetune.spec import SearchSpace, Spec
 
@@ -36,9 +38,6 @@ MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning k
 # vary, that many leaves the pipeline short whenever several are slow at once.
 HEADROOM = 2
 MIN_CACHE_SHARE = 0.2  # a cache pays when the deterministic ops are at least this share of the work
-# steps_per_execution tried: enough calls saved to show whether dispatch overhead matters (8
-# steps per call cut Keras' per-step overhead ~8x); windows round up to whole calls.
-STEPS_PER_CALL = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +58,7 @@ def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
                        "is the only pipeline measured")
         if diagnosis.measurements.consumer.mode == "train":
             _consumer_levers(spec, device, dims, reasons)
+            reasons += _measured_gains(diagnosis.measurements.consumer)
     elif kind == "blocking_io":
         _blocking(diagnosis, dims, reasons)
     else:
@@ -143,6 +143,13 @@ def _consumer_levers(spec: Spec, device: Device, dims: dict[str, list[Any]], rea
                    f"fast) and batch size {batch} or {batch * 2}, which change training itself; XLA "
                    f"(jit_compile) on and off, and {STEPS_PER_CALL} steps per call "
                    "(steps_per_execution), which do not")
+
+
+def _measured_gains(consumer: ConsumerMeasurement) -> list[str]:
+    """The diagnosis' timing of each consumer lever alone, which orders what is measured first."""
+    gains = [f"{BY_NAME[lever.dimension].words(lever.value)} x{lever.rate / consumer.rate:.2f}"
+             for lever in consumer.levers]
+    return [f"each alone on one batch in memory: {', '.join(gains)}"] if gains else []
 
 
 def _stage(costs: Sequence[StageCost], name: str | None) -> StageCost:

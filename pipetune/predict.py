@@ -21,9 +21,10 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
   * with no prefetch and nothing running ahead (sequential read and map) the consumer waits
     for each batch: the two times add up; otherwise the slower of the two sets the rate;
   * the consumer: a simulated step costs the same per batch, so its rate grows with the
-    batch; a real model's rate per example is taken as measured.
-Vectorised maps, determinism, fusion and precision are taken as neutral: the diagnosis does
-not measure them, so they are ordered by the rest and measured like everything else.
+    batch; a real model's rate per example is taken as measured, with each consumer lever
+    the diagnosis timed alone (precision, XLA, steps per call, twice the batch) as measured.
+Vectorised maps, determinism and fusion are taken as neutral: the diagnosis does not measure
+them, so they are ordered by the rest and measured like everything else.
 """
 
 from __future__ import annotations
@@ -183,12 +184,19 @@ def _delivered(params: PipelineParams, pipeline: float, consumer: float) -> floa
 
 
 def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float:
+    """A simulated step costs the same per batch. A trained one runs at its measured rate,
+    times the measured gain of each consumer lever the variant sets as the diagnosis tried it
+    (taken as independent); a value the diagnosis did not try counts as neutral."""
     step_s = consumer.get("step_s")
     if not step_s:
         return math.inf  # input mode: nothing consumes
     if consumer["mode"] == "simulate":
-        return params.batch_size / step_s  # a simulated step costs the same per batch
-    return float(consumer["rate"])
+        return params.batch_size / step_s
+    rate = float(consumer["rate"])
+    for lever in consumer.get("levers", ()):
+        if getattr(params, lever["dimension"]) == lever["value"]:
+            rate *= lever["rate"] / consumer["rate"]
+    return rate
 
 
 def _cache_read(stages: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_spec
 from pipetune.autospace import auto_space
 from pipetune.device import Device
-from pipetune.diagnose.measurements import ConsumerMeasurement
+from pipetune.diagnose.measurements import ConsumerLever, ConsumerMeasurement
 from pipetune.diagnose.verdict import analyse
 from test_diagnose import SIMULATED_1MS, measurements, stage
 
@@ -91,7 +91,8 @@ def test_consumer_bound_searches_no_pipeline_grid(tmp_path):
 
 
 def test_consumer_bound_in_train_mode_searches_the_consumers_levers(tmp_path):
-    training = ConsumerMeasurement("train", 64, 0.2, measured=True)
+    training = ConsumerMeasurement("train", 64, 0.2, measured=True,
+                                   levers=(ConsumerLever("steps_per_execution", 8, 64, 0.1),))
     diagnosis = analyse(measurements([
         stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
         stage("decode_image(image)", "op", 0.2, 0.2, 0.12, 30_000),
@@ -101,6 +102,7 @@ def test_consumer_bound_in_train_mode_searches_the_consumers_levers(tmp_path):
     assert chosen.space.batch_size == [64, 128]
     assert chosen.space.jit_compile == [False, True]  # from the spec's model.jit_compile (false)
     assert chosen.space.steps_per_execution == [1, 8]
+    assert "each alone on one batch in memory: 8 training steps per call (steps_per_execution) x2.00" in chosen.reasons
     assert chosen.space.map_parallel == ["autotune"]
 
 

@@ -19,7 +19,7 @@ from pipetune.diagnose.measurements import (
     StageMeasurement,
 )
 from pipetune.diagnose.verdict import analyse, littles_law_concurrency
-from pipetune.spec import Spec
+from pipetune.spec import PipelineParams, Spec
 
 USERFNS = Path(__file__).resolve().parent / "userfns"
 GIB = 2**30
@@ -160,6 +160,32 @@ def test_a_heavy_user_op_is_named_as_the_compute_bottleneck(tmp_path: Path) -> N
     costs = [(c.name, round(c.wall_s * 1e3, 3), round(c.cpu_s * 1e3, 3)) for c in diagnosis.costs]
     assert not heavy.blocking, costs
     assert heavy.wall_s > 5 * sum(c.wall_s for c in diagnosis.costs[:-1]), costs
+
+
+@pytest.mark.slow
+def test_a_trained_consumer_is_timed_with_each_of_its_levers_alone(tmp_path: Path) -> None:
+    """Train mode: the plain step, then twice the batch, 8 steps per call and XLA flipped, each
+    timed on the batch in memory; they reach the levers table and predict.py's consumer."""
+    from pipetune import predict
+    from pipetune.diagnose.document import diagnosis_document
+
+    spec = spec_with(tmp_path, CHEAP, {"builtin": "mlp"}).model_copy(
+        update={"measure": make_spec(tmp_path).measure.model_copy(update={"mode": "train"})})
+    diagnosis = diagnose(spec, tmp_path / "out", FAST)
+    consumer = diagnosis.measurements.consumer
+    assert consumer.mode == "train" and consumer.step_s > 0
+    batch = spec.search.space.batch_size[0]
+    tried = {(lever.dimension, lever.value): lever for lever in consumer.levers}
+    assert {("batch_size", 2 * batch), ("steps_per_execution", 8), ("jit_compile", True)} <= set(tried)
+    assert tried[("batch_size", 2 * batch)].batch_size == 2 * batch
+    assert all(lever.step_s > 0 for lever in consumer.levers)
+    rows = {lever.name: lever for lever in diagnosis.levers}
+    assert rows["the consumer: 8 training steps per call (steps_per_execution)"].ceiling == pytest.approx(
+        tried[("steps_per_execution", 8)].rate)
+    stored = diagnosis_document(diagnosis)["consumer"]  # what a sweep's prediction reads
+    eight = PipelineParams(batch_size=batch, steps_per_execution=8)
+    assert predict._consumer_rate(eight, stored) == pytest.approx(tried[("steps_per_execution", 8)].rate)
+    assert predict._consumer_rate(PipelineParams(batch_size=batch), stored) == pytest.approx(consumer.rate)
 
 
 @pytest.fixture(scope="module")

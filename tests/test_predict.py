@@ -107,3 +107,31 @@ def test_equal_predictions_spread_out_from_the_reference_whatever_the_input_orde
     # A better prediction still comes first, however close to the reference.
     slow = variant(map_parallel=1, interleave_cycle=1, prefetch=0, shards=1)
     assert predict.best_first([slow, *candidates], cheap, "time_to_train", 10, AUTOTUNE)[-1] == slow
+
+
+def test_a_trained_consumer_takes_each_lever_the_diagnosis_timed_and_orders_by_them() -> None:
+    """Consumer-bound in train mode: the levers timed alone scale the consumer's rate; a value
+    the diagnosis did not try (batch 96) is neutral; gains combine; the order follows."""
+    from pipetune.diagnose.measurements import ConsumerLever
+
+    training = ConsumerMeasurement("train", 64, 0.064, measured=True, levers=(  # 1,000/s
+        ConsumerLever("steps_per_execution", 8, 64, 0.032),  # x2
+        ConsumerLever("jit_compile", True, 64, 0.128),  # x0.5
+        ConsumerLever("batch_size", 128, 128, 0.096)))  # 1,333/s: x1.33
+    cheap = document([stage("read", "read", 0.01, 0.01, 0.01, 3000, parallelism=8),
+                      stage("parse", "parse", 0.02, 0.02, 0.015, 3000)], training)
+    base = AUTOTUNE.model_copy(update={"batch_size": 64})
+    assert rate(base, cheap) == pytest.approx(1000, rel=1e-3)
+    assert rate(base.model_copy(update={"steps_per_execution": 8}), cheap) == pytest.approx(2000, rel=1e-3)
+    assert rate(base.model_copy(update={"batch_size": 96}), cheap) == pytest.approx(1000, rel=1e-3)
+    both = base.model_copy(update={"steps_per_execution": 8, "batch_size": 128})
+    assert rate(both, cheap) == pytest.approx(2000 * 4 / 3, rel=1e-3)
+    candidates = [Variant(base.model_copy(update=c)) for c in
+                  ({"jit_compile": True}, {"steps_per_execution": 8}, {"batch_size": 128},
+                   {"steps_per_execution": 8, "batch_size": 128})]
+    order = predict.best_first(candidates, cheap, "time_to_train", 1, base)
+    assert [v.params.model_dump(include={"jit_compile", "steps_per_execution", "batch_size"}) for v in order] == [
+        {"batch_size": 128, "jit_compile": False, "steps_per_execution": 8},
+        {"batch_size": 64, "jit_compile": False, "steps_per_execution": 8},
+        {"batch_size": 128, "jit_compile": False, "steps_per_execution": 1},
+        {"batch_size": 64, "jit_compile": True, "steps_per_execution": 1}]

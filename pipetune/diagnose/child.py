@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune.diagnose.measurements import ConsumerMeasurement, PassTiming, StageMeasurement
+from pipetune.diagnose.measurements import (
+    STEPS_PER_CALL,
+    ConsumerLever,
+    ConsumerMeasurement,
+    PassTiming,
+    StageMeasurement,
+)
 from pipetune.diagnose.render import StageInfo
 from pipetune.spec import Spec
 from pipetune.trial_child import explain_failure, redirect_output
@@ -38,6 +44,7 @@ class ChildRequest:
     shards: int
     seconds_per_pass: float
     max_elements: int
+    precisions: tuple[str, ...] = ()  # the mixed precisions this device runs fast (train mode)
 
 
 def child_main(request: ChildRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
@@ -176,27 +183,75 @@ def measure_consumer(module: Any, request: ChildRequest) -> ConsumerMeasurement:
         return ConsumerMeasurement("input", request.batch_size, None, measured=False)
     if request.mode == "simulate":
         return ConsumerMeasurement("simulate", request.batch_size, step_ms / 1000.0, measured=False)
-    return ConsumerMeasurement("train", request.batch_size, time_training_step(module, request), measured=True)
+    step_s, levers = time_training(module, request)
+    return ConsumerMeasurement("train", request.batch_size, step_s, measured=True, levers=levers)
 
 
-def time_training_step(module: Any, request: ChildRequest, warmup: int = 2, steps: int = 20) -> float:
-    """Median seconds of ``train_on_batch`` on one batch held in memory (no input wait at all)."""
-    import statistics
-
+def time_training(module: Any, request: ChildRequest) -> tuple[float, tuple[ConsumerLever, ...]]:
+    """Median seconds per batch of the training step on one batch held in memory (no input
+    wait at all): plain (float32, the spec's jit_compile, one step per call), then with each
+    consumer lever changed alone: twice the batch, STEPS_PER_CALL steps per call, XLA flipped,
+    and each mixed precision this device runs fast. A lever that fails to build or run is
+    left out: the sweep measures it and keeps its failure."""
+    import keras
     import tensorflow as tf
 
+    from pipetune.burst import multi_step_consumer
     from pipetune.models import build_model
 
     last = request.stages[-1]
     _, parallel = stage_datasets(module, last, request)
     features, labels = next(iter(parallel.map(module.to_model_inputs).batch(request.batch_size)))
     features, labels = tf.identity(features), tf.identity(labels)
-    model = build_model(request.spec, tuple(features.shape[1:]), "float32", request.spec.model.jit_compile)
+    batch, shape, xla = int(labels.shape[0]), tuple(features.shape[1:]), request.spec.model.jit_compile
+
+    def model(precision: str = "float32", jit_compile: bool = xla) -> Any:
+        return build_model(request.spec, shape, precision, jit_compile)
+
+    plain = model()
+    step_s = _seconds_per_call(lambda: plain.train_on_batch(features, labels), request)
+    double = (tf.concat([features, features], 0), tf.concat([labels, labels], 0))
+    repeated = iter(tf.data.Dataset.from_tensors((features, labels)).repeat())
+    consume = multi_step_consumer(plain)
+    trials = [("batch_size", 2 * batch, 2 * batch, 1, lambda: plain.train_on_batch(*double)),
+              ("steps_per_execution", STEPS_PER_CALL, batch, STEPS_PER_CALL,
+               lambda: consume(repeated, STEPS_PER_CALL))]
+    trials += [("jit_compile", not xla, batch, 1, _trainer(lambda: model(jit_compile=not xla), features, labels))]
+    trials += [("precision", precision, batch, 1, _trainer(lambda p=precision: model(precision=p), features, labels))
+               for precision in request.precisions]
+    levers = []
+    for dimension, value, size, steps, call in trials:
+        try:
+            levers.append(ConsumerLever(dimension, value, size, _seconds_per_call(call, request) / steps))
+        except Exception:  # noqa: BLE001 - the sweep measures the lever and keeps its failure
+            continue
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    return step_s, tuple(levers)
+
+
+def _trainer(build: Any, features: Any, labels: Any) -> Any:
+    """A call that trains a model built at its first use (inside the lever's own try)."""
+    built: list[Any] = []
+
+    def call() -> None:
+        if not built:
+            built.append(build())
+        built[0].train_on_batch(features, labels)
+
+    return call
+
+
+def _seconds_per_call(call: Any, request: ChildRequest, warmup: int = 2, calls: int = 20) -> float:
+    """Median seconds of ``call`` after ``warmup`` calls (tracing, compiling); each call returns
+    host values, so it has finished when it returns."""
+    import statistics
+
     for _ in range(warmup):
-        model.train_on_batch(features, labels)
+        call()
     times, deadline = [], time.perf_counter() + 2 * request.seconds_per_pass
-    while len(times) < steps and (len(times) < 3 or time.perf_counter() < deadline):
+    while len(times) < calls and (len(times) < 3 or time.perf_counter() < deadline):
         start = time.perf_counter()
-        model.train_on_batch(features, labels)  # returns host values: the step is finished
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times)

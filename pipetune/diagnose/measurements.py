@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +84,34 @@ class ConsumerMeasurement:
     batch_size: int
     step_s: float | None
     measured: bool
+    # Train mode: the step with one consumer lever changed, each measured the same way.
+    levers: tuple[ConsumerLever, ...] = ()
 
     @property
     def rate(self) -> float:
         """Examples per second the consumer can take."""
         if self.step_s is None:
             return math.inf
+        return self.batch_size / self.step_s if self.step_s > 0 else math.inf
+
+
+# steps_per_execution measured by the diagnosis and tried by the automatic space: enough calls
+# saved to show whether Python's dispatch matters for this model.
+STEPS_PER_CALL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerLever:
+    """The training step with one dimension (precision, jit_compile, steps_per_execution,
+    batch_size) at ``value`` and the rest as measured for the plain step."""
+
+    dimension: str
+    value: Any
+    batch_size: int
+    step_s: float  # per batch (per call / steps for steps_per_execution)
+
+    @property
+    def rate(self) -> float:
         return self.batch_size / self.step_s if self.step_s > 0 else math.inf
 
 

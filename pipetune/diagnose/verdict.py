@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipetune.diagnose.measurements import ConsumerMeasurement, Measurements, StageMeasurement
+from pipetune.dimensions import BY_NAME
 from pipetune.diagnose.memory import MemoryNeed, cache_needs, shuffle_need
 
 BLOCKING_RATIO = 2.0  # wall > 2x CPU: the stage mostly waits (storage, sleep, RPC), not computes
@@ -226,9 +227,12 @@ def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed])
                   f"their times add up; x{roof.speedup:.1f} parallel speed-up seen")]
     rows += [_parallel_lever(cost, cores, roof.target) for cost in costs if cost.wall_s > NEGLIGIBLE_S]
     rows += [_cache_lever(need, costs, roof) for need in caches]
-    if consumer.mode == "train":
+    rows += [Lever(f"the consumer: {BY_NAME[lever.dimension].words(lever.value)}", None, lever.rate,
+                   f"{lever.step_s * 1000:.1f} ms per batch of {lever.batch_size} in memory "
+                   f"(x{lever.rate / consumer.rate:.2f} the plain step)") for lever in consumer.levers]
+    if consumer.mode == "train" and not any(lever.dimension == "precision" for lever in consumer.levers):
         rows.append(Lever("mixed precision for the model", None, None,
-                          "gain unknown until measured; needs a GPU >= 7.0 (float16) or bf16 support"))
+                          "not measured: needs a GPU >= 7.0 (float16) or bf16 support"))
     return tuple(rows)
 
 
