@@ -179,7 +179,7 @@ def test_a_trained_consumer_is_timed_with_each_of_its_levers_alone(tmp_path: Pat
     assert {("batch_size", 2 * batch), ("steps_per_execution", 8), ("jit_compile", True)} <= set(tried)
     assert tried[("batch_size", 2 * batch)].batch_size == 2 * batch
     assert all(lever.step_s > 0 for lever in consumer.levers)
-    rows = {lever.name: lever for lever in diagnosis.levers}
+    rows = {row.lever: row for row in diagnosis.levers}
     assert rows["the consumer: 8 training steps per call (steps_per_execution)"].ceiling == pytest.approx(
         tried[("steps_per_execution", 8)].rate)
     stored = diagnosis_document(diagnosis)["consumer"]  # what a sweep's prediction reads
