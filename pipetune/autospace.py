@@ -16,11 +16,14 @@ Per bottleneck (the diagnosis' verdict):
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
                  consumer's levers instead (the precisions this device runs fast, batch size,
-                 XLA, steps per call).
+                 XLA, steps per call). Read again first at the largest batch size the spec
+                 lists: if the pipeline falls behind a consumer of bigger batches, the
+                 pipeline's own bottleneck is searched instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from typing import Any
 from pipetune.device import Device
 from pipetune.dimensions import BY_NAME
 from pipetune.diagnose.measurements import STEPS_PER_CALL, ConsumerMeasurement
-from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, sized_concurrency
+from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, analyse, sized_concurrency
 from pipetune.spec import SearchSpace, Spec
 
 MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning knob
@@ -49,10 +52,11 @@ class AutoSpace:
 
 def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
     """The space the diagnosis points to, with the dimensions the user listed kept."""
+    reasons = [f"diagnosis: {diagnosis.bottleneck.sentence}"]
+    diagnosis = _at_largest_batch(spec, diagnosis, reasons)
     kind = diagnosis.bottleneck.kind
     dims: dict[str, list[Any]] = {"shards": [8], "interleave_cycle": ["autotune"],
                                   "map_parallel": ["autotune"], "prefetch": ["autotune"], "cache": ["none"]}
-    reasons = [f"diagnosis: {diagnosis.bottleneck.sentence}"]
     if kind == "consumer":
         reasons.append("not input-bound: no pipeline change will pay, so tf.data's AUTOTUNE pipeline "
                        "is the only pipeline measured")
@@ -73,6 +77,30 @@ def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
         reasons.append(f"kept as the spec lists them: {', '.join(sorted(listed))}")
     space = SearchSpace(**{**dims, **listed})
     return AutoSpace(space, tuple(reasons), consumer_bound=kind == "consumer")
+
+
+def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> Diagnosis:
+    """A consumer-bound verdict read again at the largest batch size the spec lists: a step
+    that takes bigger batches takes more examples per second (a simulated step costs the same
+    per batch; a trained one as the diagnosis timed it at that size), and if the pipeline then
+    falls behind, its own bottleneck is what to search."""
+    consumer = diagnosis.measurements.consumer
+    largest = max(spec.search.space.batch_size)
+    if diagnosis.bottleneck.kind != "consumer" or largest <= consumer.batch_size:
+        return diagnosis
+    if consumer.mode == "simulate":
+        faster = dataclasses.replace(consumer, batch_size=largest)
+    else:
+        timed = [lever for lever in consumer.levers if lever.dimension == "batch_size" and lever.value == largest]
+        if not timed:
+            return diagnosis
+        faster = dataclasses.replace(consumer, batch_size=largest, step_s=timed[0].step_s)
+    if faster.rate <= diagnosis.measured_rate:
+        return diagnosis
+    again = analyse(dataclasses.replace(diagnosis.measurements, consumer=faster))
+    reasons.append(f"at batch {largest} (listed) the consumer takes {faster.rate:.0f} examples/s, more "
+                   f"than the pipeline's {diagnosis.measured_rate:.0f}/s: {again.bottleneck.sentence}")
+    return again
 
 
 def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:

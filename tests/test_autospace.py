@@ -90,6 +90,23 @@ def test_consumer_bound_searches_no_pipeline_grid(tmp_path):
     assert "no pipeline change will pay" in " ".join(chosen.reasons)
 
 
+def test_consumer_bound_only_at_the_smallest_listed_batch_searches_the_pipeline(tmp_path):
+    """320 examples/s at batch 64 is below the pipeline; at a listed batch of 1,024 the same
+    simulated step takes 5,120/s, above it: the pipeline's own bottleneck is searched."""
+    slow = ConsumerMeasurement("simulate", 64, 0.2, measured=False)
+    diagnosis = analyse(measurements([
+        stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
+        stage("decode_image(image)", "op", 0.4, 0.4, 0.22, 30_000),
+    ], slow))
+    assert diagnosis.bottleneck.kind == "consumer"
+    assert auto_space(spec(tmp_path, batch_size=[64, 256]), diagnosis, CPU).consumer_bound  # 1,280/s
+    chosen = auto_space(spec(tmp_path, batch_size=[64, 1024]), diagnosis, CPU)
+    assert not chosen.consumer_bound
+    assert chosen.space.map_parallel == ["autotune", 2]  # compute-bound in decode: up to the cores
+    assert chosen.space.batch_size == [64, 1024]
+    assert any(r.startswith("at batch 1024 (listed) the consumer takes 5120 examples/s") for r in chosen.reasons)
+
+
 def test_consumer_bound_in_train_mode_searches_the_consumers_levers(tmp_path):
     training = ConsumerMeasurement("train", 64, 0.2, measured=True,
                                    levers=(ConsumerLever("steps_per_execution", 8, 64, 0.1),))
