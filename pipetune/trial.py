@@ -116,16 +116,26 @@ def trial_context() -> multiprocessing.context.BaseContext:
 
 
 def start_ignoring_sigint(process: multiprocessing.Process) -> None:
-    """Ctrl-C is the parent's to handle (it stops the child): a child that inherits SIGINT
-    ignored never prints a half-started KeyboardInterrupt traceback over the terminal."""
+    """Ctrl-C is the parent's to handle (it stops the child): the child starts with SIGINT
+    blocked (a signal mask survives fork and exec), so it never prints a half-started
+    KeyboardInterrupt traceback over the terminal. Blocked, not ignored, in the parent too: a
+    Ctrl-C that lands while the child starts stays pending instead of being lost, then stops
+    the child and interrupts here."""
     if threading.current_thread() is not threading.main_thread():
         process.start()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         process.start()
+        if signal.SIGINT in signal.sigpending():
+            signal.sigwait({signal.SIGINT})  # taken here, so it interrupts once
+            raise KeyboardInterrupt
+    except BaseException:  # (another thread may have taken the Ctrl-C: raised inside start)
+        if process.pid is not None:
+            _stop(process)
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _death_reason(exitcode: int | None) -> str:

@@ -401,3 +401,41 @@ def test_the_fill_excludes_start_up_in_train_mode(trained):
     # the tracing, is not in it: the fill is far shorter than 11 start-ups.
     assert cached.fill_ns < 11 * cached.startup_ns
     assert cached.fill_ns > 0
+
+
+class _StartedProcess:
+    """Stands in for a multiprocessing.Process whose start takes a Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.pid, self.killed = None, False
+
+    def start(self) -> None:
+        import signal
+        import threading
+
+        self.pid = 12345
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # lands mid-start
+
+    def is_alive(self) -> bool:
+        return not self.killed
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_ctrl_c_during_a_trials_start_is_not_lost():
+    """It stays pending while the child starts, then stops that child and interrupts (it was
+    dropped while SIGINT was ignored around the start)."""
+    import signal
+
+    from pipetune.trial import start_ignoring_sigint
+
+    process = _StartedProcess()
+    with pytest.raises(KeyboardInterrupt):
+        start_ignoring_sigint(process)
+    assert process.killed
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
+    assert signal.SIGINT not in signal.sigpending()
