@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.device import Device
-from pipetune.dimensions import BY_NAME
 from pipetune.diagnose.measurements import STEPS_PER_CALL, ConsumerMeasurement
 from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, analyse, sized_concurrency
+from pipetune.dimensions import BY_NAME
 from pipetune.spec import SearchSpace, Spec
 
 MAX_SHARDS = 64  # more shard files than this is a layout change, not a tuning knob

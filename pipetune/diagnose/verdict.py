@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipetune.diagnose.measurements import ConsumerMeasurement, Measurements, StageMeasurement
-from pipetune.dimensions import BY_NAME
 from pipetune.diagnose.memory import MemoryNeed, cache_needs, shuffle_need
+from pipetune.dimensions import BY_NAME
 
 BLOCKING_RATIO = 2.0  # wall > 2x CPU: the stage mostly waits (storage, sleep, RPC), not computes
 # A stage must also wait this long per element: below it, wall minus CPU is scheduling noise
