@@ -88,6 +88,21 @@ class Comparison:
     batch_size_differs: bool
     rounds: int = 0  # race rounds behind the numbers; 0: screening repeats (no race)
 
+    @property
+    def verdict(self) -> str:
+        """The claim in words, with why none is made when the interval alone looks like one."""
+        if self.significant:
+            return "significantly faster"
+        if self.speedup_ci_low <= 1.0 + MIN_EFFECT:
+            return "not significantly different"
+        if self.rounds == 0:
+            return "not significant: the screening repeats overlap"
+        if self.rounds < MIN_ROUNDS_TO_CLAIM:
+            return (f"not significant: {self.rounds} paired round(s), a claim needs "
+                    f"{MIN_ROUNDS_TO_CLAIM}")
+        return (f"not significant: over {self.rounds} paired rounds the Student-t bound does not "
+                f"clear {1.0 + MIN_EFFECT:.2f} (a bootstrap interval of few rounds is only their range)")
+
 
 @dataclass(frozen=True, slots=True)
 class PairedSpeedup:

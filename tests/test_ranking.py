@@ -322,3 +322,16 @@ def test_a_frugal_variant_with_a_clearly_worse_median_is_not_placed_first():
     ranked = rank([frugal, fast], "throughput").ranked
     assert [r.trial.key for r in ranked] == ["autotune", "cached"]
     assert ranked[1].tied_with_previous  # the data still cannot separate them: a tie, not a claim
+
+
+def test_a_verdict_says_why_no_claim_is_made_when_the_interval_clears_one():
+    from pipetune.ranking import Comparison
+
+    def verdict(low: float, significant: bool = False, rounds: int = 4) -> str:
+        return Comparison(None, 1.5, low, 2.0, significant, False, rounds).verdict
+
+    assert verdict(1.2, significant=True) == "significantly faster"
+    assert verdict(0.9) == "not significantly different"
+    assert verdict(1.2, rounds=2) == "not significant: 2 paired round(s), a claim needs 3"
+    assert verdict(1.2).startswith("not significant: over 4 paired rounds the Student-t bound does not clear 1.02")
+    assert verdict(1.2, rounds=0) == "not significant: the screening repeats overlap"

@@ -186,9 +186,8 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
     console.print(table)
     console.print("= : tied with the row above (the data cannot tell them apart; cheaper first)")
     for c in ranking.comparisons:
-        verdict = "significantly faster" if c.significant else "not significantly different"
         console.print(f"best vs {c.reference.trial.role.value}: {c.speedup:.2f}x "
-                      f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {verdict}"
+                      f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {c.verdict}"
                       + (" [batch size differs from yours]" if c.batch_size_differs else ""))
     _print_verdict(console, outcome)
     _print_diagnosis(console, outcome)

@@ -62,6 +62,7 @@ class ReferenceComparison:
     speedup_ci_low: float | None = None
     speedup_ci_high: float | None = None
     significant: bool = False
+    verdict: str = ""  # Comparison.verdict
     batch_size_differs: bool = False
     reference_time_s: float | None = None  # projected time to train the planned epochs
     time_saved_s: float | None = None  # reference_time_s minus the winner's
@@ -209,8 +210,8 @@ def _compared(comparison: Comparison, winner: TrialResult, epochs: int) -> Refer
     return ReferenceComparison(
         reference.role.value, reference.key, "compared", speedup=comparison.speedup,
         speedup_ci_low=comparison.speedup_ci_low, speedup_ci_high=comparison.speedup_ci_high,
-        significant=comparison.significant, batch_size_differs=comparison.batch_size_differs,
-        reference_time_s=reference_s, time_saved_s=reference_s - time_to_train_s(winner, epochs),
+        significant=comparison.significant, verdict=comparison.verdict,
+        batch_size_differs=comparison.batch_size_differs, reference_time_s=reference_s, time_saved_s=reference_s - time_to_train_s(winner, epochs),
     )
 
 
