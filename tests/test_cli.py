@@ -47,3 +47,32 @@ def test_bad_usage_exits_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_sweep_at_its_next_event():
+    """Python prints "Exception ignored" for a KeyboardInterrupt raised inside __del__ and goes
+    on; the sweep remembers the Ctrl-C and raises it at its next event."""
+    import gc
+    import os
+    import signal
+
+    from pipetune.commands.sweep import _CtrlC
+
+    events = []
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # handled (and swallowed) inside the finalizer
+            sum(range(1000))
+
+    with _CtrlC() as ctrl_c:
+        on_event = ctrl_c.checked(events.append)
+        on_event("before")
+        Finalized()
+        gc.collect()
+        assert ctrl_c.pressed
+        with pytest.raises(KeyboardInterrupt):
+            on_event("after")
+    assert events == ["before"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -37,6 +39,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+class _CtrlC:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: one that lands inside
+    a finalizer or a callback, where Python prints "Exception ignored" and goes on, still stops
+    the sweep at its next event."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __enter__(self) -> _CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def checked(self, on_event: Callable[[object], None]) -> Callable[[object], None]:
+        def event(item: object) -> None:
+            if self.pressed:
+                raise KeyboardInterrupt
+            on_event(item)
+
+        return event
+
+
 def run(args: argparse.Namespace) -> int:
     from pipetune.commands.printing import print_json
     from pipetune.documents import json_document
@@ -55,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
                            diagnose=not args.no_diagnose)
     console = Console(stderr=True)
     progress = _Progress(console)
+    ctrl_c = _CtrlC()
     try:
-        outcome = run_sweep(spec, options, on_event=progress.event)
+        with ctrl_c:
+            outcome = run_sweep(spec, options, on_event=ctrl_c.checked(progress.event))
     except SweepStopped as stop:
         progress.stop()
         paths = write_outputs(stop.outcome)  # results so far, with the failures' reasons
