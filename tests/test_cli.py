@@ -54,8 +54,8 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_sweep_at_its_next_eve
     """Python prints "Exception ignored" for a KeyboardInterrupt raised inside __del__ and goes
     on; the sweep remembers the Ctrl-C and raises it at its next event."""
     import gc
-    import os
     import signal
+    import threading
 
     from pipetune.commands.sweep import _CtrlC
 
@@ -63,16 +63,23 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_sweep_at_its_next_eve
 
     class Finalized:
         def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGINT)  # handled (and swallowed) inside the finalizer
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # swallowed in here
             sum(range(1000))
 
-    with _CtrlC() as ctrl_c:
-        on_event = ctrl_c.checked(events.append)
-        on_event("before")
-        Finalized()
-        gc.collect()
-        assert ctrl_c.pressed
-        with pytest.raises(KeyboardInterrupt):
-            on_event("after")
-    assert events == ["before"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    launcher = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it
+    try:
+        with _CtrlC() as ctrl_c:
+            on_event = ctrl_c.checked(events.append)
+            on_event("before")
+            Finalized()
+            gc.collect()
+            assert ctrl_c.pressed
+            with pytest.raises(KeyboardInterrupt):
+                on_event("after")
+        assert events == ["before"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup pipetune sweep &` from a script
+        with _CtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the launcher's choice stays
+    finally:
+        signal.signal(signal.SIGINT, launcher)

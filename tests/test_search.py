@@ -378,8 +378,11 @@ class Background:
     def __init__(self, *args: object, cwd: Path, tag: str) -> None:
         self.stderr_path = cwd / f"{tag}.stderr"
         with open(cwd / f"{tag}.stdout", "w") as out, open(self.stderr_path, "w") as err:
+            # SIGINT as a terminal leaves it, even when these tests run under a launcher that
+            # ignores it (a script's `cmd &`): the Ctrl-C tests need it delivered.
             self.process = subprocess.Popen(command(*args), cwd=cwd, env=environment(), stdout=out,
-                                            stderr=err, start_new_session=True)
+                                            stderr=err, start_new_session=True,
+                                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def wait(self) -> int:
         try:

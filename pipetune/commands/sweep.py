@@ -42,17 +42,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 class _CtrlC:
     """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: one that lands inside
     a finalizer or a callback, where Python prints "Exception ignored" and goes on, still stops
-    the sweep at its next event."""
+    the sweep at its next event. A SIGINT the launcher ignores (``nohup cmd &`` from a script)
+    stays ignored."""
 
     def __init__(self) -> None:
         self.pressed = False
+        self._previous: object = None
 
     def __enter__(self) -> _CtrlC:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.pressed = True
