@@ -162,7 +162,7 @@ def _deterministic_share(diagnosis: Diagnosis) -> float:
 
 
 def _consumer_levers(spec: Spec, device: Device, dims: dict[str, list[Any]], reasons: list[str]) -> None:
-    fast = ["float32", *(p for p in ("mixed_bfloat16", "mixed_float16") if not device.precision_problem(p))]
+    fast = ["float32", *device.fast_mixed_precisions()]
     batch = spec.search.space.batch_size[0]
     xla = spec.model.jit_compile
     dims.update(precision=fast, batch_size=[batch, batch * 2], jit_compile=[xla, not xla],

@@ -29,6 +29,10 @@ class Device:
     def has_gpu(self) -> bool:
         return bool(self.gpus)
 
+    def fast_mixed_precisions(self) -> tuple[str, ...]:
+        """The mixed precisions this device runs fast (``precision_problem`` finds none)."""
+        return tuple(p for p in ("mixed_bfloat16", "mixed_float16") if not self.precision_problem(p))
+
     def precision_problem(self, precision: str) -> str | None:
         """Why ``precision`` would run slowly here, or None if it can run fast."""
         if precision == "mixed_float16":

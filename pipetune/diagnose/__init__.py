@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipetune import sources
+from pipetune.device import detect_device
 from pipetune.diagnose.child import ChildRequest
 from pipetune.diagnose.document import diagnosis_document
 from pipetune.diagnose.measurements import Measurements
@@ -59,12 +60,14 @@ def diagnose(spec: Spec, out_dir: Path, options: DiagnoseOptions = DiagnoseOptio
     first = Path(shard_set.files[0])
     data = DataLayout(str(first.parent / f"*{''.join(first.suffixes)}"), compression,
                       sources.schema_of(spec))
+    mode = consumer_mode(spec)
     request = ChildRequest(
         spec=spec, module_source=render_stage_module(spec, data, options.shards),
-        stages=stage_infos(spec), mode=consumer_mode(spec),
+        stages=stage_infos(spec), mode=mode,
         batch_size=spec.search.space.batch_size[0], cores=os.cpu_count() or 1, shards=options.shards,
         seconds_per_pass=options.seconds_per_pass, max_elements=options.max_elements,
-        precisions=fast_precisions() if consumer_mode(spec) == "train" else ())
+        # the consumer levers worth timing: the mixed precisions this machine runs fast
+        precisions=detect_device().fast_mixed_precisions() if mode == "train" else ())
     stages, consumer = run_child(request, options.timeout_s, out_dir)
     measurements = Measurements(
         spec_name=spec.name, cores=request.cores, shards=options.shards,
@@ -75,14 +78,6 @@ def diagnose(spec: Spec, out_dir: Path, options: DiagnoseOptions = DiagnoseOptio
     diagnosis = analyse(measurements)
     (out_dir / "diagnosis.json").write_text(json.dumps(diagnosis_document(diagnosis), indent=2) + "\n")
     return diagnosis
-
-
-def fast_precisions() -> tuple[str, ...]:
-    """The mixed precisions this machine runs fast: the consumer levers worth measuring."""
-    from pipetune.device import detect_device
-
-    device = detect_device()
-    return tuple(p for p in ("mixed_bfloat16", "mixed_float16") if not device.precision_problem(p))
 
 
 def consumer_mode(spec: Spec) -> str:

@@ -211,7 +211,8 @@ def _compared(comparison: Comparison, winner: TrialResult, epochs: int) -> Refer
         reference.role.value, reference.key, "compared", speedup=comparison.speedup,
         speedup_ci_low=comparison.speedup_ci_low, speedup_ci_high=comparison.speedup_ci_high,
         significant=comparison.significant, verdict=comparison.verdict,
-        batch_size_differs=comparison.batch_size_differs, reference_time_s=reference_s, time_saved_s=reference_s - time_to_train_s(winner, epochs),
+        batch_size_differs=comparison.batch_size_differs, reference_time_s=reference_s,
+        time_saved_s=reference_s - time_to_train_s(winner, epochs),
     )
 
 
