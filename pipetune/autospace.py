@@ -32,7 +32,8 @@ from typing import Any
 
 from pipetune.device import Device
 from pipetune.diagnose.measurements import STEPS_PER_CALL, ConsumerMeasurement
-from pipetune.diagnose.verdict import MAX_CONCURRENCY, Diagnosis, StageCost, analyse, sized_concurrency
+from pipetune.diagnose.verdict import (MAX_CONCURRENCY, Diagnosis, StageCost, analyse, keep_up_rate,
+                                       sized_concurrency)
 from pipetune.dimensions import BY_NAME
 from pipetune.spec import SearchSpace, Spec
 
@@ -105,7 +106,7 @@ def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> D
 
 def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
     stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
-    target = min(diagnosis.measurements.consumer.rate, diagnosis.compute_rate, diagnosis.cpu_bound)
+    target = keep_up_rate(diagnosis.measurements.consumer.rate, diagnosis.compute_rate)
     needed = max(2, sized_concurrency(target, stage))
     tried = min(MAX_CONCURRENCY, HEADROOM * needed)
     law = (f"Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms = {needed} in flight on "

@@ -79,6 +79,22 @@ def test_a_waiting_read_is_blocking_io_sized_by_littles_law() -> None:
     assert diagnosis.predicted_rate == pytest.approx(640)
 
 
+def test_a_waiting_stage_is_sized_for_the_consumer_not_the_cpu_estimate() -> None:
+    # Workload 8's shape: a 4.9 ms wait per element. The sequential pass bills 1.5 ms of CPU per
+    # element (idle threads spinning), the parallel pass 0.8 ms: all cores busy is 2 / 0.8 ms =
+    # 2,500/s, the lower pass. The pool is sized for the consumer's 6,400/s all the same: the
+    # CPU estimate is a prior, and a pool sized short of the real rate loses throughput.
+    consumer = ConsumerMeasurement("simulate", 32, 0.005, measured=False)
+    waiting = StageMeasurement("sleep(4 ms)", "op", False, PassTiming(1000, 4.9, 1.5, 1),
+                               PassTiming(1000, 2.45, 0.8, 2), 800)
+    diagnosis = analyse(measurements([stage("read", "read", 0.03, 0.03, 0.03, 800, parallelism=8),
+                                      waiting], consumer))
+    assert diagnosis.bottleneck.kind == "blocking_io"
+    assert diagnosis.cpu_bound == pytest.approx(2 / 0.0008)
+    assert "6400/s needs 32 elements in flight" in diagnosis.bottleneck.sentence  # 6400 x 4.87 ms
+    assert diagnosis.predicted_rate == pytest.approx(2 / 0.0008)  # the prediction keeps the CPU roof
+
+
 def test_a_costly_computing_op_is_named() -> None:
     diagnosis = analyse(measurements([
         stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
