@@ -5,14 +5,15 @@ under ``space: {auto: true, ...}`` are kept as written. Pure: the diagnosis and 
 a ``SearchSpace`` and the reasons for it out.
 
 Per bottleneck (the diagnosis' verdict):
-  blocking I/O   concurrency beyond the cores, sized by Little's law with 2x headroom: an
+  blocking I/O   concurrency beyond the cores, sized by Little's law with 2x headroom, at
+                 the rate to keep up with and at the all-cores CPU estimate when lower: an
                  interleave over at least that many shards (reads) or that many map calls
                  (an op), a private thread pool that large, and ``deterministic: false``
                  (marked as changing order);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
                  cost something and more than one epoch is planned (memory if it fits the RAM
-                 budget, else disk), and a vectorised map (batch first) when every op acts
-                 per batch;
+                 budget, else disk; with prefetch or none), and a vectorised map (batch
+                 first) when every op acts per batch;
   bandwidth      a cache (fewer bytes read from the second epoch on) and parallel reads;
   consumer       no pipeline grid: tf.data's AUTOTUNE pipeline only; in train mode the
                  consumer's levers instead (the precisions this device runs fast, batch size,
@@ -105,22 +106,31 @@ def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> D
 
 
 def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
+    """Concurrency at two sizes, for the race to choose between: Little's law at the rate to keep
+    up with (the consumer, or the computing stages), and at the all-cores CPU estimate when that
+    is lower. The estimate is pessimistic (CPU billed at low rates, see ``cpu_bound``), but too
+    many threads cost too: calls that take the GIL (py_function) contend (measured on a 4 ms
+    wait: 38 in flight ran 3,130/s, 64 ran 2,750/s)."""
     stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
-    target = keep_up_rate(diagnosis.measurements.consumer.rate, diagnosis.compute_rate)
-    needed = max(2, sized_concurrency(target, stage))
-    tried = min(MAX_CONCURRENCY, HEADROOM * needed)
-    law = (f"Little's law: {target:.0f}/s x {stage.wall_s * 1000:.2f} ms = {needed} in flight on "
-           f"average; {HEADROOM}x that as headroom for the waits' variance")
+    fast = keep_up_rate(diagnosis.measurements.consumer.rate, diagnosis.compute_rate)
+    rates = sorted({min(fast, diagnosis.cpu_bound), fast})
+    sizes = [min(MAX_CONCURRENCY, HEADROOM * max(2, sized_concurrency(rate, stage))) for rate in rates]
+    sizes = sorted(set(sizes))
+    most = sizes[-1]
+    law = (f"Little's law: {' to '.join(f'{rate:.0f}/s' for rate in rates)} x {stage.wall_s * 1000:.2f} ms, "
+           f"{HEADROOM}x that as headroom for the waits' variance")
+    shown = " or ".join(str(size) for size in sizes)
     if stage.kind == "read":
-        shards = min(MAX_SHARDS, max(8, tried))
-        cycle = min(tried, shards)
-        dims.update(shards=[shards], interleave_cycle=["autotune", cycle],
-                    private_threadpool_size=[0, max(cycle, diagnosis.measurements.cores)])
-        reasons.append(f"blocking reads: {cycle} files read at once over {shards} shards ({law})")
+        shards = min(MAX_SHARDS, max(8, most))
+        cycles = sorted({min(size, shards) for size in sizes})
+        dims.update(shards=[shards], interleave_cycle=["autotune", *cycles],
+                    private_threadpool_size=[0, max(cycles[-1], diagnosis.measurements.cores)])
+        reasons.append(f"blocking reads: {' or '.join(map(str, cycles))} files read at once over "
+                       f"{shards} shards ({law})")
     else:
-        dims.update(map_parallel=["autotune", tried], private_threadpool_size=[0, tried])
-        reasons.append(f"`{stage.name}` waits: {tried} map calls in flight and a private pool of "
-                       f"{tried} threads ({law})")
+        dims.update(map_parallel=["autotune", *sizes], private_threadpool_size=[0, most])
+        reasons.append(f"`{stage.name}` waits: {shown} map calls in flight on a private pool of "
+                       f"{most} threads ({law})")
     dims["deterministic"] = [True, False]
     reasons.append("deterministic: false is tried too; it changes the order examples arrive in")
 
@@ -133,9 +143,13 @@ def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str
     if cached and epochs < 2:
         reasons.append("no cache: with 1 epoch planned it would only be filled, never read")
     elif cached:
-        dims["cache"] = ["none", cached]
+        # What runs after a cache is cheap, and on few cores a prefetch thread's hand-off can
+        # cost more than it overlaps (measured on 2 cores, memory cache, 1 ms step: 2.1-2.4 s
+        # to train without prefetch, 2.6-3.3 s with AUTOTUNE's).
+        dims.update(cache=["none", cached], prefetch=["autotune", 0])
         reasons.append(f"a {cached} cache after the deterministic ops: they take "
-                       f"{_deterministic_share(diagnosis):.0%} of the per-element work")
+                       f"{_deterministic_share(diagnosis):.0%} of the per-element work; with it, "
+                       "no prefetch is tried too (what runs after a cache is cheap)")
 
 
 def _vectorized(spec: Spec, dims: dict[str, list[Any]], reasons: list[str]) -> None:

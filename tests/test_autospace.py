@@ -9,7 +9,7 @@ import pytest
 from conftest import make_spec
 from pipetune.autospace import auto_space
 from pipetune.device import Device
-from pipetune.diagnose.measurements import ConsumerLever, ConsumerMeasurement
+from pipetune.diagnose.measurements import ConsumerLever, ConsumerMeasurement, PassTiming, StageMeasurement
 from pipetune.diagnose.verdict import analyse
 from test_diagnose import SIMULATED_1MS, measurements, stage
 
@@ -61,12 +61,14 @@ def test_a_costly_deterministic_op_gets_a_cache_that_fits_and_parallel_map(tmp_p
     chosen = auto_space(spec(tmp_path), diagnosis, CPU)
     assert diagnosis.bottleneck.kind == "compute"
     assert chosen.space.cache == ["none", "memory"]
+    assert chosen.space.prefetch == ["autotune", 0]
     assert chosen.space.map_parallel == ["autotune", 2]
     # One epoch planned: a cache would be filled and never read, so it is not tried.
     one_epoch = make_spec(tmp_path, search={"space": {"auto": True}},
                           measure={"warmup_steps": 1, "steps": 3, "repeats": 2, "epochs_planned": 1})
     chosen = auto_space(one_epoch, diagnosis, CPU)
     assert chosen.space.cache == ["none"] and any("1 epoch planned" in r for r in chosen.reasons)
+    assert chosen.space.prefetch == ["autotune"]
 
 
 def test_a_cache_over_the_ram_budget_goes_to_disk(tmp_path):
@@ -172,3 +174,18 @@ def test_ops_that_act_per_batch_get_a_vectorised_map(tmp_path):
     assert auto_space(tabular, diagnosis, CPU).space.vectorized_map == [False, True]
     images = spec(tmp_path)  # decode_image acts per element
     assert auto_space(images, diagnosis, CPU).space.vectorized_map == [False]
+
+
+def test_a_wait_is_sized_at_the_consumers_rate_and_at_the_cpu_estimate(tmp_path):
+    # Workload 8's shape: 4.9 ms waits; the consumer takes 6,400/s, the CPU estimate (2 cores
+    # over 0.8 ms per element) says 2,500/s. Both sizes are raced, with 2x headroom each:
+    # 6400 x 4.87 ms = 31.2 -> 32 -> 64, and 2500 x 4.87 ms = 12.2 -> 13 -> 26.
+    consumer = ConsumerMeasurement("simulate", 32, 0.005, measured=False)
+    waiting = StageMeasurement("sleep(4 ms)", "op", False, PassTiming(1000, 4.9, 1.5, 1),
+                               PassTiming(1000, 2.45, 0.8, 2), 800)
+    diagnosis = analyse(measurements([stage("read", "read", 0.03, 0.03, 0.03, 800, parallelism=8),
+                                      waiting], consumer))
+    chosen = auto_space(spec(tmp_path), diagnosis, CPU)
+    assert chosen.space.map_parallel == ["autotune", 26, 64]
+    assert chosen.space.private_threadpool_size == [0, 64]
+    assert any("26 or 64 map calls" in reason for reason in chosen.reasons)
