@@ -34,7 +34,7 @@ from typing import Any
 from pipetune.device import Device
 from pipetune.diagnose.measurements import STEPS_PER_CALL, ConsumerMeasurement
 from pipetune.diagnose.verdict import (MAX_CONCURRENCY, Diagnosis, StageCost, analyse, keep_up_rate,
-                                       sized_concurrency)
+                                       outruns, sized_concurrency)
 from pipetune.dimensions import BY_NAME
 from pipetune.spec import SearchSpace, Spec
 
@@ -85,7 +85,7 @@ def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> D
     """A consumer-bound verdict read again at the largest batch size the spec lists: a step
     that takes bigger batches takes more examples per second (a simulated step costs the same
     per batch; a trained one as the diagnosis timed it at that size), and if the pipeline then
-    falls behind, its own bottleneck is what to search."""
+    no longer outruns it, its own bottleneck is what to search."""
     consumer = diagnosis.measurements.consumer
     largest = max(spec.search.space.batch_size)
     if diagnosis.bottleneck.kind != "consumer" or largest <= consumer.batch_size:
@@ -97,7 +97,7 @@ def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> D
         if not timed:
             return diagnosis
         faster = dataclasses.replace(consumer, batch_size=largest, step_s=timed[0].step_s)
-    if faster.rate <= diagnosis.measured_rate:
+    if outruns(diagnosis.measured_rate, faster.rate):
         return diagnosis
     again = analyse(dataclasses.replace(diagnosis.measurements, consumer=faster))
     reasons.append(f"at batch {largest} (listed) the consumer takes {faster.rate:.0f} examples/s, more "

@@ -23,6 +23,11 @@ NEGLIGIBLE_S = 20e-6  # per element: below this a stage's cost is measurement no
 FLOOR_S = 1e-7  # a difference of cumulative times is never taken below this
 SATURATED_SPEEDUP = 1.5  # a waiting read that gains less than this from parallelism is saturated
 MAX_CONCURRENCY = 256  # Little's law sizing stops being advice beyond this many threads
+# Consumer-bound only when the pipeline outruns the consumer by this much: a diagnosis pass is
+# short (two sweeps' diagnoses of one workload measured 2,217/s and 1,775/s), and a pipeline
+# barely faster than its consumer still stalls it whenever it is slow (benchmark workload 1:
+# 3,230/s against the consumer's 3,200/s, where a tuned pipeline ran 1.1x autotune-default).
+CONSUMER_MARGIN = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +171,14 @@ class Roof:
 def keep_up_rate(consumer_rate: float, compute_rate: float) -> float:
     """What a waiting stage is sized to keep up with (Little's law): the consumer, or the
     computing stages if they are slower. Not the all-cores CPU estimate: it is measured at low
-    rates, where CPU per element is overstated (see ``cpu_bound``), and a pool sized short
-    costs throughput in proportion while one sized long costs only idle threads."""
+    rates, where CPU per element is overstated (see ``cpu_bound``); the automatic space races a
+    size from it as well (``autospace._blocking``)."""
     return min(consumer_rate, compute_rate)
+
+
+def outruns(pipeline_rate: float, consumer_rate: float) -> bool:
+    """The pipeline is fast enough that no pipeline change will pay (``CONSUMER_MARGIN``)."""
+    return consumer_rate * CONSUMER_MARGIN <= pipeline_rate
 
 
 def sized_concurrency(target: float, cost: StageCost) -> int:
@@ -178,10 +188,11 @@ def sized_concurrency(target: float, cost: StageCost) -> int:
 
 
 def find_bottleneck(costs: Sequence[StageCost], roof: Roof) -> Bottleneck:
-    """Consumer-bound when the pipeline, as measured, outruns the consumer; else the slowest of
-    the waiting stages (each at the concurrency measured) and the computing stages together."""
+    """Consumer-bound when the pipeline, as measured, clearly outruns the consumer (``outruns``);
+    else the slowest of the waiting stages (each at the concurrency measured) and the computing
+    stages together."""
     consumer, cores, measured, compute = roof.consumer, roof.cores, roof.measured, roof.compute
-    if consumer.rate <= measured:
+    if outruns(measured, consumer.rate):
         step = f"{consumer.step_s * 1000:.1f} ms per batch of {consumer.batch_size}" if consumer.step_s else ""
         return Bottleneck("consumer", None, (
             f"consumer-bound: the training step ({step}) takes {consumer.rate:.0f} examples/s, less "
