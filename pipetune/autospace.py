@@ -114,28 +114,28 @@ def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[st
     stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
     fast = keep_up_rate(diagnosis.measurements.consumer.rate, diagnosis.compute_rate)
     rates = sorted({min(fast, diagnosis.cpu_bound), fast})
-    sizes = [min(MAX_CONCURRENCY, HEADROOM * max(2, sized_concurrency(rate, stage))) for rate in rates]
-    sizes = sorted(set(sizes))
-    most = sizes[-1]
+    sizes = sorted({min(MAX_CONCURRENCY, HEADROOM * max(2, sized_concurrency(rate, stage))) for rate in rates})
     law = (f"Little's law: {' to '.join(f'{rate:.0f}/s' for rate in rates)} x {stage.wall_s * 1000:.2f} ms, "
            f"{HEADROOM}x that as headroom for the waits' variance")
-    shown = " or ".join(str(size) for size in sizes)
     if stage.kind == "read":
-        shards = min(MAX_SHARDS, max(8, most))
+        shards = min(MAX_SHARDS, max(8, sizes[-1]))
         cycles = sorted({min(size, shards) for size in sizes})
         dims.update(shards=[shards], interleave_cycle=["autotune", *cycles],
                     private_threadpool_size=[0, max(cycles[-1], diagnosis.measurements.cores)])
-        reasons.append(f"blocking reads: {' or '.join(map(str, cycles))} files read at once over "
-                       f"{shards} shards ({law})")
+        reasons.append(f"blocking reads: {_either(cycles)} files read at once over {shards} shards ({law})")
     else:
         # The pool is the concurrency: AUTOTUNE's map parallelism fills it (it goes up to the
         # pool's size). Crossing map sizes with one large pool was measured slower (20 calls on
         # a pool of 74 threads: 12-19 s to train; 16 on 16: 10 s).
         dims.update(private_threadpool_size=[0, *sizes])
-        reasons.append(f"`{stage.name}` waits: a private pool of {shown} threads, AUTOTUNE's map "
-                       f"parallelism filling it ({law})")
+        reasons.append(f"`{stage.name}` waits: a private pool of {_either(sizes)} threads, AUTOTUNE's "
+                       f"map parallelism filling it ({law})")
     dims["deterministic"] = [True, False]
     reasons.append("deterministic: false is tried too; it changes the order examples arrive in")
+
+
+def _either(values: Sequence[int]) -> str:
+    return " or ".join(str(value) for value in values)
 
 
 def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str], epochs: int) -> None:
