@@ -319,8 +319,8 @@ def test_diagnosis_section_loads_clean(browser, tmp_path):
                     "normalize(image)"]
     text = browser.evaluate(page, "document.getElementById('diagnosis').innerText")
     assert DIAGNOSIS["bottleneck"]["sentence"] in text
-    assert ("Predicted for the pick: 7,443 examples/s; measured: 32,000 examples/s "
-            "(4.30× the prediction)") in text
+    assert ("Predicted for the pick: 7,275 examples/s; measured: 32,000 examples/s "
+            "(4.40× the prediction)") in text
     assert "the consumer's levers instead" in text and "batch_size over 64, 128" in text
     narrow = browser.load(path, width=390, height=844)
     assert narrow.problems == []
