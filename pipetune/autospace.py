@@ -5,12 +5,11 @@ under ``space: {auto: true, ...}`` are kept as written. Pure: the diagnosis and 
 a ``SearchSpace`` and the reasons for it out.
 
 Per bottleneck (the diagnosis' verdict):
-  blocking I/O   concurrency beyond the cores, bracketed by Little's law: as is at the lower
-                 of the rate to keep up with and the all-cores CPU estimate, with 2x headroom
-                 at the higher: an interleave over at least that many shards and a private
-                 thread pool that large (reads), or a private pool that large for AUTOTUNE's
-                 map parallelism to fill (an op); and ``deterministic: false`` (marked as
-                 changing order);
+  blocking I/O   concurrency beyond the cores, sized by Little's law with 2x headroom, at
+                 the rate to keep up with and at the all-cores CPU estimate when lower: an
+                 interleave over at least that many shards and a private thread pool that
+                 large (reads), or a private pool that large for AUTOTUNE's map parallelism
+                 to fill (an op); and ``deterministic: false`` (marked as changing order);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
                  cost something and more than one epoch is planned (memory if it fits the RAM
                  budget, else disk; with prefetch or none), and a vectorised map (batch
@@ -107,22 +106,20 @@ def _at_largest_batch(spec: Spec, diagnosis: Diagnosis, reasons: list[str]) -> D
 
 
 def _blocking(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str]) -> None:
-    """Concurrency bracketed, for the race to choose within: Little's law as is at the lower of
-    two rates, and with headroom at the higher. The rates: the one to keep up with (the
-    consumer, or the computing stages) and the all-cores CPU estimate when that is lower.
-    Too many in flight costs as surely as too few: calls contend for the cores (and for the
-    GIL in a py_function). Measured on benchmark workload 4 (2.5 ms waits, 2 cores; the same
-    number of files, shards and pool threads, 4 rounds): 12: 5.9 s, 16: 5.0 s, 24: 6.8 s,
-    42: 6.1 s; on a 4 ms py_function wait: 19 in flight 2,785/s, 38 3,130/s, 64 2,750/s."""
+    """Concurrency at two sizes, for the race to choose between: Little's law with headroom at
+    the rate to keep up with (the consumer, or the computing stages), and at the all-cores CPU
+    estimate when that is lower. The estimate is pessimistic (CPU billed at low rates, see
+    ``cpu_bound``), but too many in flight cost too: calls contend for the cores and, in a
+    py_function, for the GIL (a 4 ms wait: 38 in flight ran 3,130/s, 64 ran 2,750/s).
+    Little's law as is at the lower rate was tried as the smaller size and measured worse on
+    two of three benchmark workloads (auto vs hand-listed pick: 0.86 and 0.81, against 0.97
+    and 1.02 with headroom at both; 0.90 against 0.82 on the third)."""
     stage = _stage(diagnosis.costs, diagnosis.bottleneck.stage)
     fast = keep_up_rate(diagnosis.measurements.consumer.rate, diagnosis.compute_rate)
-    slow = min(fast, diagnosis.cpu_bound)
-    bracket = sorted({min(MAX_CONCURRENCY, max(2, sized_concurrency(slow, stage))),
-                      min(MAX_CONCURRENCY, HEADROOM * max(2, sized_concurrency(fast, stage)))})
-    # No more than the cores is what tf.data runs anyway (AUTOTUNE, its own pool): tried already.
-    sizes = [size for size in bracket if size > diagnosis.measurements.cores] or bracket[-1:]
-    law = (f"Little's law: {slow:.0f}/s x {stage.wall_s * 1000:.2f} ms as is, and {fast:.0f}/s x it "
-           f"with {HEADROOM}x headroom for the waits' variance")
+    rates = sorted({min(fast, diagnosis.cpu_bound), fast})
+    sizes = sorted({min(MAX_CONCURRENCY, HEADROOM * max(2, sized_concurrency(rate, stage))) for rate in rates})
+    law = (f"Little's law: {' to '.join(f'{rate:.0f}/s' for rate in rates)} x {stage.wall_s * 1000:.2f} ms, "
+           f"{HEADROOM}x that as headroom for the waits' variance")
     if stage.kind == "read":
         shards = min(MAX_SHARDS, max(8, sizes[-1]))
         cycles = sorted({min(size, shards) for size in sizes})
