@@ -9,7 +9,8 @@ Per bottleneck (the diagnosis' verdict):
                  the rate to keep up with and at the all-cores CPU estimate when lower: an
                  interleave over at least that many shards and a private thread pool that
                  large (reads), or a private pool that large for AUTOTUNE's map parallelism
-                 to fill (an op); and ``deterministic: false`` (marked as changing order);
+                 to fill (an op); ``deterministic: false`` (marked as changing order); and
+                 a cache as below (from the second epoch on it waits for nothing);
   compute        parallelism up to the cores, a cache after the deterministic ops when they
                  cost something and more than one epoch is planned (memory if it fits the RAM
                  budget, else disk; with prefetch or none), and a vectorised map (batch
@@ -67,6 +68,7 @@ def auto_space(spec: Spec, diagnosis: Diagnosis, device: Device) -> AutoSpace:
             reasons += _measured_gains(diagnosis.measurements.consumer)
     elif kind == "blocking_io":
         _blocking(diagnosis, dims, reasons)
+        _cache(diagnosis, dims, reasons, spec.measure.epochs_planned)
     else:
         _compute(diagnosis, dims, reasons, spec.measure.epochs_planned)
         _vectorized(spec, dims, reasons)
@@ -145,17 +147,26 @@ def _compute(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str
     cores = diagnosis.measurements.cores
     dims["map_parallel"] = ["autotune", cores] if cores > 1 else ["autotune"]
     reasons.append(f"compute-bound: parallel map up to the {cores} cores")
+    if _cache(diagnosis, dims, reasons, epochs):
+        # What runs after a cache is cheap, and on few cores a prefetch thread's hand-off can
+        # cost more than it overlaps (measured on 2 cores, memory cache, 1 ms step: 2.1-2.4 s
+        # to train without prefetch, 2.6-3.3 s with AUTOTUNE's).
+        dims["prefetch"] = ["autotune", 0]
+        reasons.append("with a cache, no prefetch is tried too (what runs after a cache is cheap)")
+
+
+def _cache(diagnosis: Diagnosis, dims: dict[str, list[Any]], reasons: list[str], epochs: int) -> bool:
+    """A cache after the deterministic ops, when they are a large share of the work (waits
+    included: from the second epoch on a cache reads nothing from slow storage) and more than
+    one epoch is planned. Whether a cache is tried."""
     cached = _cache_choice(diagnosis)
     if cached and epochs < 2:
         reasons.append("no cache: with 1 epoch planned it would only be filled, never read")
     elif cached:
-        # What runs after a cache is cheap, and on few cores a prefetch thread's hand-off can
-        # cost more than it overlaps (measured on 2 cores, memory cache, 1 ms step: 2.1-2.4 s
-        # to train without prefetch, 2.6-3.3 s with AUTOTUNE's).
-        dims.update(cache=["none", cached], prefetch=["autotune", 0])
+        dims["cache"] = ["none", cached]
         reasons.append(f"a {cached} cache after the deterministic ops: they take "
-                       f"{_deterministic_share(diagnosis):.0%} of the per-element work; with it, "
-                       "no prefetch is tried too (what runs after a cache is cheap)")
+                       f"{_deterministic_share(diagnosis):.0%} of the per-element time")
+    return bool(cached) and epochs >= 2
 
 
 def _vectorized(spec: Spec, dims: dict[str, list[Any]], reasons: list[str]) -> None:

@@ -34,7 +34,10 @@ def test_blocking_reads_get_concurrency_beyond_the_cores_sized_by_littles_law(tm
     assert chosen.space.interleave_cycle == ["autotune", 26]
     assert chosen.space.private_threadpool_size == [0, 26]
     assert chosen.space.deterministic == [True, False]
-    assert chosen.space.cache == ["none"]
+    # The data fits the RAM budget and 30 epochs are planned: a cache waits for nothing from
+    # the second epoch on. A data set declared too big to cache lists `cache: [none]`.
+    assert chosen.space.cache == ["none", "memory"]
+    assert auto_space(spec(tmp_path, cache=["none"]), diagnosis, CPU).space.cache == ["none"]
     assert any("Little's law" in reason for reason in chosen.reasons)
 
 
