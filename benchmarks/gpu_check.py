@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 if __package__ in (None, ""):  # run as a script: make the repository's package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipetune.monitors import Monitors, clip, gpu_environment  # noqa: E402
+from pipetune.monitors import PCIE_PERIOD_S, Monitors, clip, gpu_environment  # noqa: E402
 from pipetune.results import MonitorReport  # noqa: E402
 
 NVML_FINEST_PERIOD_S = 1 / 6  # nvmlDeviceGetUtilizationRates: "between 1 second and 1/6 second"
@@ -137,26 +137,14 @@ class Check:
     detail: str
 
 
-def _sampler_cpu_clock() -> Callable[[], int | None]:
-    """Reads the CPU time of pipetune's sampler thread (found by its name), where the OS can."""
-    thread = next((t for t in threading.enumerate() if t.name == "pipetune-monitors"), None)
-
-    def read() -> int | None:
-        try:
-            clock_id = time.pthread_getcpuclockid(thread.ident)  # type: ignore[union-attr]
-            return time.clock_gettime_ns(clock_id)
-        except (AttributeError, OSError, TypeError):  # no thread, thread gone, or no such clock
-            return None
-
-    return read
-
-
-def run_phases(load: Load, durations: dict[str, float]) -> list[Phase]:
-    """Idle, saturated and duty-cycled phases back to back; ``durations`` maps name -> s."""
+def run_phases(load: Load, durations: dict[str, float],
+               cpu_clock: Callable[[], int | None]) -> list[Phase]:
+    """Idle, saturated and duty-cycled phases back to back; ``durations`` maps name -> s;
+    ``cpu_clock`` reads the sampler thread's CPU time (``Monitors.sampler_cpu_ns``)."""
     actions: dict[str, Callable[[float], None]] = {
         "idle": time.sleep, "saturated": load.saturate,
         "duty-cycled": lambda s: load.duty_cycle(s, DUTY_FRACTION, DUTY_PERIOD_S)}
-    cpu_clock, phases = _sampler_cpu_clock(), []
+    phases = []
     for name, action in actions.items():
         cpu_start, start = cpu_clock(), time.perf_counter_ns()
         action(durations[name])
@@ -237,7 +225,8 @@ def _clock_check(report: MonitorReport, phases: list[Phase], gpu: int, interval_
 def _order_check(report: MonitorReport, phases: list[Phase], gpu: int,
                  interval_s: float) -> Check:
     """Per metric, in the order recorded: stamps never decrease and no gap exceeds GAP_FACTOR
-    expected periods (the polling interval; kernel-active: at least NVML's 1/6 s)."""
+    expected periods (the polling interval; kernel-active: at least NVML's 1/6 s; PCIe: at
+    least the sampler's PCIE_PERIOD_S)."""
     window = clip(report, [(phases[0].start_ns, phases[-1].end_ns)])
     metrics = sorted({s.metric for s in window.samples if s.metric.startswith(f"gpu{gpu}.")})
     problems, widest = [], (0.0, "")
@@ -245,7 +234,8 @@ def _order_check(report: MonitorReport, phases: list[Phase], gpu: int,
         stamps = [t for t, _ in _stream(window, metric)]
         if any(b < a for a, b in zip(stamps, stamps[1:])):
             problems.append(f"{metric} goes back in time")
-        period_s = max(interval_s, NVML_FINEST_PERIOD_S) if "kernel" in metric else interval_s
+        period_s = max(interval_s, NVML_FINEST_PERIOD_S if "kernel" in metric
+                       else PCIE_PERIOD_S if "pcie" in metric else 0.0)
         edges = [phases[0].start_ns] + stamps + [phases[-1].end_ns]  # a silent end is a gap too
         gap_s = max(b - a for a, b in zip(edges, edges[1:])) / 1e9
         if gap_s > GAP_FACTOR * period_s:
@@ -321,7 +311,7 @@ def main(argv: Sequence[str] | None = None, nvml: Any | None = None,
     time.sleep(3 * args.interval_s)  # the first polls settle before the idle phase opens
     durations = {"idle": args.idle_s, "saturated": args.saturated_s,
                  "duty-cycled": args.duty_cycled_s}
-    phases = run_phases(load, durations)
+    phases = run_phases(load, durations, monitors.sampler_cpu_ns)
     report = monitors.stop()
     lifetime = (started_ns, time.perf_counter_ns())
     checks = run_checks(report, phases, args.gpu, args.interval_s, lifetime)

@@ -53,6 +53,7 @@ WORKLOADS: dict[str, Callable[[int], None]] = {"python": _python_workload,
 
 def _calibrate(workload: Callable[[int], None]) -> int:
     """Units of work that take about TARGET_RUN_S with the monitors off."""
+    workload(1)  # imports and library start-up are no part of a unit's cost
     units = 1
     while True:
         started = time.perf_counter()
@@ -87,16 +88,20 @@ def _bootstrap_overhead_ci(off: list[float], on: list[float], seed: int = 0) -> 
     return ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
 
 
-def _idle_sampler_cost(seconds: float = 1.0) -> tuple[float, str]:
-    """CPU seconds the monitors burn per wall second while the burst itself sleeps.
+def _idle_sampler_cost(seconds: float = 1.0) -> tuple[float | None, str]:
+    """CPU seconds the sampler thread burns per wall second while the burst itself sleeps.
 
     Less noisy than the wall-time comparison: it is the sampler's own cost, whatever the load.
+    Its own thread's clock, not the process's: idle BLAS threads may still be spinning.
     """
-    cpu_started, wall_started = time.process_time(), time.perf_counter()
     monitors = Monitors().start()
+    cpu_started, wall_started = monitors.sampler_cpu_ns(), time.perf_counter_ns()
     time.sleep(seconds)
+    cpu_ended, wall_ended = monitors.sampler_cpu_ns(), time.perf_counter_ns()
     note = monitors.stop().accelerator_note
-    return (time.process_time() - cpu_started) / (time.perf_counter() - wall_started), note
+    if cpu_started is None or cpu_ended is None:
+        return None, note  # no per-thread CPU clock here
+    return (cpu_ended - cpu_started) / (wall_ended - wall_started), note
 
 
 def measure_overhead(rounds: int = 10, workload: str = "python") -> dict[str, Any]:
@@ -144,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"monitors on:  median {result['median_on_s']:.4f} s "
           f"({result['samples_per_second']:.0f} samples/s; {result['accelerator_note']})")
     print(f"overhead: {result['overhead_ratio']:+.2%} (95% CI {low:+.2%} .. {high:+.2%})")
-    print(f"sampler CPU while the burst sleeps: {result['sampler_cpu_fraction']:.2%} of one core")
+    cpu = result["sampler_cpu_fraction"]
+    print("sampler thread CPU while the burst sleeps: "
+          + (f"{cpu:.2%} of one core" if cpu is not None else "unknown (no thread CPU clock)"))
     return 0
 
 

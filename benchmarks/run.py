@@ -327,10 +327,14 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
               *([] if overhead is None else ["", f"Monitor overhead ({overhead['rounds']} interleaved rounds of a GIL-holding Python "
               f"workload, monitors on vs off): {overhead['overhead_ratio'] * 100:+.1f}% wall time "
               f"(95% CI {overhead['overhead_ci95'][0] * 100:+.1f}% to {overhead['overhead_ci95'][1] * 100:+.1f}%); "
-              f"the samplers' own CPU use: {overhead['sampler_cpu_fraction'] * 100:.1f}% of one core at "
+              f"the sampler thread's own CPU use: {_percent_or_unknown(overhead['sampler_cpu_fraction'])} of one core at "
               f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."])]
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
     return out / "benchmarks.md"
+
+
+def _percent_or_unknown(fraction: float | None) -> str:
+    return "unknown (no thread CPU clock)" if fraction is None else f"{fraction * 100:.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:

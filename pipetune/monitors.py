@@ -6,7 +6,7 @@ into the burst: a metric that cannot be read is listed in ``MonitorReport.unavai
 
 NVML's fine-grained utilisation samples (``nvmlDeviceGetSamples``) carry device timestamps in
 microseconds whose epoch we do not rely on (the docs say "CPU timestamp"; others report
-time since boot). At each poll, ``poll_ns - newest_device_us * 1000`` is an upper bound of the
+time since boot; an H200 gave wall-clock epoch microseconds, which can step with the clock). At each poll, ``poll_ns - newest_device_us * 1000`` is an upper bound of the
 true offset between the two clocks (the newest sample cannot be younger than the poll); we keep
 the running minimum. A sample is therefore never stamped early, and is stamped late by at most
 the smallest delivery delay seen so far (relative clock drift over a burst is negligible).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -26,9 +26,11 @@ from pipetune.results import MonitorReport, MonitorSample
 
 Clock = Callable[[], int]
 MAX_INTERVAL_S = 0.1  # samplers must run at >= 10 Hz
-# An idle GPU stops filling NVML's sample buffer; after this long without a fine sample we take a
-# nvmlDeviceGetUtilizationRates snapshot so idle time reads 0 % instead of vanishing (which would
-# bias the mean upwards). Slightly above NVML's finest utilisation period (1/6 s).
+# Some drivers stop filling NVML's sample buffer on an idle GPU (an H200 on driver 580 kept
+# sampling 0 %: reports/gpu/gpu_check.md). After a silence of this long, or of two fine-sample
+# periods if those are longer, we take a nvmlDeviceGetUtilizationRates snapshot so idle time reads
+# 0 % instead of vanishing (which would bias the mean upwards). The H200 sampled every ~200 ms with
+# a few ms of jitter, so a fixed 200 ms would mix snapshots into a healthy fine stream.
 _UTILIZATION_GAP_NS = 200_000_000
 _VALUE_FIELDS = {"DOUBLE": "dVal", "UNSIGNED_INT": "uiVal", "UNSIGNED_LONG": "ulVal",
                  "UNSIGNED_LONG_LONG": "ullVal", "SIGNED_LONG_LONG": "sllVal",
@@ -88,15 +90,23 @@ class _HostSampler:
         log.add(clock(), "host.rss_bytes", self._process.memory_info().rss)
 
 
-# (metric suffix, reader). NVML reports power in mW and PCIe throughput in KB/s.
-_GAUGES: tuple[tuple[str, Callable[[Any, Any], float]], ...] = (
-    ("memory_used_bytes", lambda nvml, h: nvml.nvmlDeviceGetMemoryInfo(h).used),
-    ("power_w", lambda nvml, h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
-    ("sm_clock_mhz", lambda nvml, h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
+# NVML measures PCIe throughput over a 20 ms window and blocks for it: 21 ms of wall time a
+# call on the H200 (reports/gpu/), two calls a poll. At every tick of a 20 Hz sampler that would
+# hold the thread 84 % of the time, so these gauges are read at most this often.
+PCIE_PERIOD_S = 0.25
+
+# (metric suffix, reader, least seconds between reads). NVML reports power in mW and PCIe
+# throughput in KB/s.
+_GAUGES: tuple[tuple[str, Callable[[Any, Any], float], float], ...] = (
+    ("memory_used_bytes", lambda nvml, h: nvml.nvmlDeviceGetMemoryInfo(h).used, 0.0),
+    ("power_w", lambda nvml, h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, 0.0),
+    ("sm_clock_mhz", lambda nvml, h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM), 0.0),
     ("pcie_rx_kbps",
-     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_RX_BYTES)),
+     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_RX_BYTES),
+     PCIE_PERIOD_S),
     ("pcie_tx_kbps",
-     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES)),
+     lambda nvml, h: nvml.nvmlDeviceGetPcieThroughput(h, nvml.NVML_PCIE_UTIL_TX_BYTES),
+     PCIE_PERIOD_S),
 )
 
 
@@ -110,7 +120,18 @@ class _Device:
     last_seen_us: int = 0
     offset_ns: int | None = None  # device µs * 1000 + offset_ns = burst clock
     last_kernel_ns: int | None = None
+    fine_period_ns: int = 0  # NVML's fine-sample period as seen; 0 until known
+    gauge_read_ns: dict[str, int] = field(default_factory=dict)  # gauge -> when last read
     lost: bool = False
+
+
+def _next_fine_sample_due(device: _Device, now_ns: int) -> bool:
+    """Whether NVML can hold a fine sample we have not read. nvmlDeviceGetSamples cost about
+    2.7 ms of CPU a call on the H200, found or not, so it is asked once per sample period (about
+    200 ms there), not at every tick."""
+    if not device.fine_period_ns or device.offset_ns is None:
+        return True  # period or clock not known yet
+    return now_ns >= device.last_seen_us * 1000 + device.offset_ns + device.fine_period_ns
 
 
 class _NvmlSampler:
@@ -144,12 +165,16 @@ class _NvmlSampler:
         nvml = self._nvml
         try:
             self._poll_kernel_active(device, log, clock)
-            for name, read in _GAUGES:
+            for name, read, least_period_s in _GAUGES:
                 metric = f"gpu{device.index}.{name}"
                 if log.is_unavailable(metric):
                     continue  # not retried: the answer will not change within a burst
+                now, last = clock(), device.gauge_read_ns.get(name)
+                if last is not None and now - last < least_period_s * 1e9:
+                    continue
                 try:
-                    log.add(clock(), metric, read(nvml, device.handle))
+                    log.add(now, metric, read(nvml, device.handle))
+                    device.gauge_read_ns[name] = now
                 except nvml.NVMLError_GpuIsLost:
                     raise
                 except nvml.NVMLError as err:
@@ -164,11 +189,12 @@ class _NvmlSampler:
         if log.is_unavailable(metric):
             return
         try:
-            if device.fine_samples:
+            if device.fine_samples and _next_fine_sample_due(device, clock()):
                 self._read_fine_samples(device, metric, log, clock)
             now = clock()
             last = device.last_kernel_ns
-            stale = last is None or now - last >= _UTILIZATION_GAP_NS
+            stale = last is None or now - last >= max(_UTILIZATION_GAP_NS,
+                                                      2 * device.fine_period_ns)
             if not device.fine_samples or stale:
                 log.add(now, metric, nvml.nvmlDeviceGetUtilizationRates(device.handle).gpu)
                 device.last_kernel_ns = now
@@ -186,8 +212,8 @@ class _NvmlSampler:
         except nvml.NVMLError_NotSupported:
             device.fine_samples = False
             return
-        except nvml.NVMLError_NotFound:
-            return  # nothing newer than last_seen_us (an idle GPU stops sampling)
+        except nvml.NVMLError_NotFound:  # polled within one period, or a dry idle buffer
+            return
         poll_ns = clock()
         if not samples:
             return
@@ -199,6 +225,13 @@ class _NvmlSampler:
         if field is None:
             log.mark_unavailable(metric, f"NVML: unknown sample value type {value_type}")
             return
+        # The period is the shortest spacing seen: a silence (a dry buffer) only lengthens one.
+        previous = [device.last_seen_us] if device.last_seen_us else []
+        stamps = previous + sorted(sample.timeStamp for sample in samples)
+        spacings = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:]) if b > a]
+        if spacings:
+            known = [device.fine_period_ns] if device.fine_period_ns else []
+            device.fine_period_ns = min(spacings + known)
         device.last_seen_us = newest_us
         for sample in samples:
             t_ns = sample.timeStamp * 1000 + device.offset_ns
@@ -308,6 +341,14 @@ class Monitors:
     def report(self, window_start_ns: int, window_end_ns: int) -> MonitorReport:
         """Samples so far, clipped to one timed window (inclusive, burst clock)."""
         return clip(self._current_report(), [(window_start_ns, window_end_ns)])
+
+    def sampler_cpu_ns(self) -> int | None:
+        """CPU time the sampler thread has used so far (the monitors' own cost), or None where
+        the OS has no per-thread CPU clock or the thread is not running."""
+        try:
+            return time.clock_gettime_ns(time.pthread_getcpuclockid(self._thread.ident))
+        except (AttributeError, OSError, TypeError):  # not started, no such clock, or gone
+            return None
 
     def __enter__(self) -> Monitors:
         return self.start()

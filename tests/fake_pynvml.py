@@ -10,14 +10,18 @@ No machine of this project has a GPU, so the NVML path is tested against this fa
 * function names and signatures equal the real ones (a test compares them);
 * like the real library: calls before ``nvmlInit`` or after the last ``nvmlShutdown`` raise
   ``Uninitialized`` (init is reference counted), ``nvmlDeviceGetSamples`` returns only samples
-  newer than ``timeStamp`` and raises ``NotFound`` when there are none (an idle GPU).
+  newer than ``timeStamp`` and raises ``NotFound`` when there are none.
 
 A test sets the load with ``set_kernel_active(percent)``; each fine sample carries the value in
-force at its own device timestamp, and periods at 0 % produce no samples (NVML's buffer runs dry
-on an idle GPU), so a change of load shows up at the right time, not retroactively.
+force at its own device timestamp, so a change of load shows up at the right time, not
+retroactively. An idle period is a sample of 0 %, as on the one real GPU this project has met
+(an H200, driver 580.159.04, nvidia-ml-py 13.610.43; reports/gpu/); ``dry_when_idle`` models a
+driver whose buffer runs dry instead, which NVML's documentation allows (``NotFound``).
 
 Device timestamps run on a device clock in microseconds, with an arbitrary offset from the
-burst's ``perf_counter_ns``; ``device_us_to_perf_ns`` gives a test the true time of a sample.
+burst's ``perf_counter_ns`` (the H200's read like wall-clock epoch microseconds, so they may step
+with the system clock); ``device_us_to_perf_ns`` gives a test the true time of a sample. The
+H200 sampled every ~200 ms (±3 ms); the fake defaults to 20 ms to keep tests short.
 """
 
 from __future__ import annotations
@@ -85,17 +89,20 @@ class FakeNvml:
         init_error: an ``NVML_ERROR_*`` code that ``nvmlInit`` raises (e.g. library not found).
         lost_after_calls: after this many device calls, every device call raises ``GpuIsLost``.
         sample_period_us: spacing of the fine-grained utilisation samples on the device clock.
-        idle: the GPU runs no kernels: no fine samples (``NotFound``) and 0 % utilisation.
+        idle: the GPU starts with no kernels running: 0 % utilisation.
+        dry_when_idle: periods at 0 % produce no fine sample (``NotFound`` when none is left).
     """
 
     def __init__(self, device_count: int = 1, not_supported: Iterable[str] = (),
                  init_error: int | None = None, lost_after_calls: int | None = None,
-                 sample_period_us: int = 20_000, idle: bool = False) -> None:
+                 sample_period_us: int = 20_000, idle: bool = False,
+                 dry_when_idle: bool = False) -> None:
         self.device_count = device_count
         self.not_supported = frozenset(not_supported)
         self.init_error = init_error
         self.lost_after_calls = lost_after_calls
         self.sample_period_us = sample_period_us
+        self.dry_when_idle = dry_when_idle
         # (device µs from which it holds, kernel-active %), in time order
         self._kernel_active: list[tuple[int, int]] = [(0, 0 if idle else KERNEL_ACTIVE_PERCENT)]
         # A device clock unrelated to perf_counter (like NVML's, whose epoch we do not trust).
@@ -187,14 +194,15 @@ class FakeNvml:
         oldest_kept = now_us - 100 * period  # the driver keeps a bounded ring buffer
         first = max(timeStamp + 1, oldest_kept)
         with self._lock:
-            busy = [(t, self._kernel_active_at(t))
-                    for t in range(-(-first // period) * period, now_us + 1, period)]
-        busy = [(t, percent) for t, percent in busy if percent > 0]  # idle periods: no sample
-        if not busy:
+            periods = [(t, self._kernel_active_at(t))
+                       for t in range(-(-first // period) * period, now_us + 1, period)]
+        if self.dry_when_idle:
+            periods = [(t, percent) for t, percent in periods if percent > 0]
+        if not periods:
             raise NVMLError(_real.NVML_ERROR_NOT_FOUND)
         samples = [_real.c_nvmlSample_t(timeStamp=t, sampleValue=_real.c_nvmlValue_t(uiVal=p))
-                   for t, p in busy]
-        stamps = [t for t, _ in busy]
+                   for t, p in periods]
+        stamps = [t for t, _ in periods]
         self.returned_sample_stamps_us.extend(stamps)
         return (_real.NVML_VALUE_TYPE_UNSIGNED_INT, samples)
 

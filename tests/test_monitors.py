@@ -23,6 +23,7 @@ import pipetune.monitors as monitors_module
 from fake_pynvml import FakeNvml
 from pipetune.monitors import (
     MAX_INTERVAL_S,
+    PCIE_PERIOD_S,
     Monitors,
     clip,
     gpu_environment,
@@ -93,15 +94,20 @@ def test_every_nvml_name_monitors_uses_is_in_the_fake() -> None:
 def test_gpu_metrics_arrive_at_10hz_inside_the_window_and_clip() -> None:
     """Stands in for a GPU: two fake devices, every metric supported."""
     fake = FakeNvml(device_count=2)
-    report, window_start, window_end = _run_burst(Monitors(nvml=fake), 0.4)
+    report, window_start, window_end = _run_burst(Monitors(nvml=fake), 0.6)
     in_window = clip(report, [(window_start, window_end)])
     assert report.accelerator_note == "2 NVIDIA GPUs monitored via NVML"
     assert report.unavailable == ()
     for index in (0, 1):
         for name, expected in GPU_GAUGES.items():
             samples = _samples(in_window, f"gpu{index}.{name}")
-            assert len(samples) >= 4 and _rate_hz(samples) >= 10, name
             assert {s.value for s in samples} == {expected}
+            if name.startswith("pcie"):  # a blocking 20 ms read on real GPUs: read less often
+                stamps = [s.t_ns for s in _samples(report, f"gpu{index}.{name}")]
+                assert len(samples) >= 2, name
+                assert min(b - a for a, b in zip(stamps, stamps[1:])) >= PCIE_PERIOD_S * 1e9
+            else:
+                assert len(samples) >= 4 and _rate_hz(samples) >= 10, name
         kernel = _samples(in_window, f"gpu{index}.kernel_active_percent")
         assert _rate_hz(kernel) >= 10
         assert {s.value for s in kernel} == {fake_pynvml.KERNEL_ACTIVE_PERCENT}
@@ -149,13 +155,52 @@ def test_get_samples_not_supported_falls_back_to_utilization_rates() -> None:
 
 
 def test_idle_gpu_reads_zero_percent_instead_of_vanishing() -> None:
-    """Stands in for an idle GPU: NVML's sample buffer runs dry (GetSamples raises NotFound)."""
-    fake = FakeNvml(idle=True)
+    """Stands in for an idle GPU whose driver stops sampling (GetSamples raises NotFound)."""
+    fake = FakeNvml(idle=True, dry_when_idle=True)
     report, window_start, window_end = _run_burst(Monitors(nvml=fake, interval_s=0.02), 0.5)
     kernel = _samples(clip(report, [(window_start, window_end)]), "gpu0.kernel_active_percent")
     assert report.unavailable == ()
     assert 2 <= len(kernel) <= 4  # one snapshot per ~200 ms, not one per tick
     assert {s.value for s in kernel} == {0.0}
+
+
+def test_sampler_cpu_ns_reads_the_sampler_threads_own_clock() -> None:
+    """The sampler's own CPU cost, apart from whatever else the process runs."""
+    monitors = Monitors(nvml=FakeNvml(), interval_s=0.01)
+    assert monitors.sampler_cpu_ns() is None  # no thread yet
+    monitors.start()
+    try:
+        first = monitors.sampler_cpu_ns()
+        busy_until = time.perf_counter() + 0.3
+        while time.perf_counter() < busy_until:  # this thread burns 0.3 s of CPU
+            pass
+        second = monitors.sampler_cpu_ns()
+    finally:
+        monitors.stop()
+    assert first is not None and second is not None and second >= first
+    assert second - first < 0.2e9  # not the burning thread's, nor the process's, CPU time
+
+
+def test_idle_gpu_that_keeps_sampling_reads_zero_from_fine_samples() -> None:
+    """Stands in for the H200 of reports/gpu/: idle periods come as fine samples of 0 %."""
+    fake = FakeNvml(idle=True)
+    report, window_start, window_end = _run_burst(Monitors(nvml=fake, interval_s=0.02), 0.3)
+    kernel = _samples(clip(report, [(window_start, window_end)]), "gpu0.kernel_active_percent")
+    assert _rate_hz(kernel) >= 30 and {s.value for s in kernel} == {0.0}  # 20 ms period: 50 Hz
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] <= 1  # the first poll's snapshot at most
+
+
+def test_a_fine_period_longer_than_the_snapshot_gap_gets_no_snapshots_mixed_in() -> None:
+    """Stands in for the H200, whose ~200 ms fine period jitters by a few ms: a period above the
+    200 ms snapshot gap must not read as a silence between two healthy samples."""
+    fake = FakeNvml(sample_period_us=250_000)
+    report, window_start, window_end = _run_burst(Monitors(nvml=fake, interval_s=0.02), 1.3)
+    kernel = _samples(clip(report, [(window_start, window_end)]), "gpu0.kernel_active_percent")
+    assert len(kernel) >= 4
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] <= 1  # the first poll's snapshot at most
+    # GetSamples costs ~2.7 ms of CPU on the H200, found or not: asked about once per fine
+    # period (1.36 s / 250 ms ~ 6, plus misses by a tick), not at each of ~68 ticks.
+    assert fake.calls["nvmlDeviceGetSamples"] <= 15
 
 
 @pytest.mark.parametrize(("error_code", "note"), [
