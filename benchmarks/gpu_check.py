@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -6,7 +6,8 @@ into the burst: a metric that cannot be read is listed in ``MonitorReport.unavai
 
 NVML's fine-grained utilisation samples (``nvmlDeviceGetSamples``) carry device timestamps in
 microseconds whose epoch we do not rely on (the docs say "CPU timestamp"; others report
-time since boot; an H200 gave wall-clock epoch microseconds, which can step with the clock). At each poll, ``poll_ns - newest_device_us * 1000`` is an upper bound of the
+time since boot; an H200 gave wall-clock epoch microseconds, which can step with the clock).
+At each poll, ``poll_ns - newest_device_us * 1000`` is an upper bound of the
 true offset between the two clocks (the newest sample cannot be younger than the poll); we keep
 the running minimum. A sample is therefore never stamped early, and is stamped late by at most
 the smallest delivery delay seen so far (relative clock drift over a burst is negligible).
