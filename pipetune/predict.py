@@ -16,9 +16,10 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
     when one thread reads and maps; all stages' CPU together never goes past the cores, at
     the CPU per element the verdict's ``cpu_bound`` takes (a slow pass overbills);
   * a cache removes every stage up to the first random op from the second epoch on (the
-    Plan caches there), leaving the cost of producing an element (the read stage's work
-    without its waits); the first epoch fills it. Reading a disk cache back costs time the
-    diagnosis did not measure: predicted at a fixed share of a memory cache's rate;
+    Plan caches there), leaving the cost of taking an element out of it, one at a time,
+    which the diagnosis measures on a memory cache; the first epoch fills it. Reading a disk
+    cache back costs time the diagnosis did not measure: predicted at a fixed share of a
+    memory cache's rate;
   * with no prefetch and nothing running ahead (sequential read and map) the consumer waits
     for each batch: the two times add up; otherwise a bounded buffer joins them, and the
     rate is below the slower of the two, the more so the closer they are (a finite-buffer
@@ -73,8 +74,10 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
     if params.cache == "none":
         first = steady = uncached
     else:
-        after_cache = [_cache_read(stages, scale), *stages[_first_random(stages):]]
-        steady = _delivered(params, _pipeline_rate(params, after_cache, cores, scale), consumer)
+        after_cache = stages[_first_random(stages):]
+        source = _cache_read(diagnosis)
+        steady = _delivered(params, _pipeline_rate(params, after_cache, cores, scale, source),
+                            consumer)
         first = uncached * FILL_SHARE[params.cache]
         if params.cache != "memory":
             steady *= DISK_CACHE_SHARE
@@ -152,16 +155,21 @@ def _cpu_scale(diagnosis: Mapping[str, Any]) -> float:
 
 
 def _pipeline_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], cores: int,
-                   cpu_scale: float) -> float:
+                   cpu_scale: float, source: Mapping[str, Any] | None = None) -> float:
     """What the stages deliver: the slower of the read and map sides, within the cores
-    (each stage's CPU times ``cpu_scale``)."""
-    if not stages:
+    (each stage's CPU times ``cpu_scale``). ``source``: the cost of taking an element out of
+    a cache, which then replaces the read side: one iterator reads it back, at its own CPU."""
+    if not stages and source is None:
         return math.inf
-    read = [s["alone"] for s in stages if s["kind"] == "read"]
     mapped = [s["alone"] for s in stages if s["kind"] != "read"]
-    pool = params.private_threadpool_size or cores
-    cpu = cpu_scale * sum(cost["cpu_s"] for cost in (*read, *mapped))
-    reads, calls = _read_concurrency(params, cores), _map_concurrency(params, pool)
+    if source is None:
+        read = [s["alone"] for s in stages if s["kind"] == "read"]
+        reads = _read_concurrency(params, cores)
+        cpu = cpu_scale * sum(cost["cpu_s"] for cost in (*read, *mapped))
+    else:
+        read, reads = [source], 1
+        cpu = source["cpu_s"] + cpu_scale * sum(cost["cpu_s"] for cost in mapped)
+    calls = _map_concurrency(params, params.private_threadpool_size or cores)
     if reads == calls == 1:  # a sequential map reads in its own thread: one chain
         limits = [_side_rate([*read, *mapped], 1, cores)]
     else:
@@ -235,15 +243,11 @@ def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float
     return rate
 
 
-def _cache_read(stages: Sequence[Mapping[str, Any]], cpu_scale: float) -> Mapping[str, Any]:
-    """Taking an element out of a cache, taken to cost what reading a record costs without
-    waiting: tf.data's per-element work of producing an element, which stays after a cache.
-    A read that waits bills its idle threads too, so its CPU is scaled as everywhere else
-    (unscaled, benchmark workload 4's memory cache was predicted slower than none and never
-    measured; on workload 7 one ran 14x autotune-default)."""
-    read = next((s["alone"] for s in stages if s["kind"] == "read"), None)
-    cost = (read["cpu_s"] * cpu_scale if read["blocking"] else read["wall_s"]) if read else 0.0
-    return {"kind": "read", "alone": {"wall_s": cost, "cpu_s": cost, "blocking": False}}
+def _cache_read(diagnosis: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Taking an element out of a memory cache, as the diagnosis measured it (read back one at a
+    time). A diagnosis stored by an older version did not measure it: taken as free."""
+    measured = diagnosis.get("cache_read") or {"wall_s": 0.0, "cpu_s": 0.0}
+    return {"wall_s": measured["wall_s"], "cpu_s": measured["cpu_s"], "blocking": False}
 
 
 def _first_random(stages: Sequence[Mapping[str, Any]]) -> int:

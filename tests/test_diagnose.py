@@ -3,6 +3,7 @@ sleep-costed and compute-costed stages of known rates (large effects only)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -152,6 +153,22 @@ def test_memory_of_caches_before_the_first_random_op_and_the_cheapest_shuffle() 
     assert diagnosis.shuffle.total_bytes == 1024 * 3000
 
 
+def test_a_cache_lever_is_capped_by_reading_the_cache_back() -> None:
+    """A decode worth caching, then a cheap random flip: after the cache only the flip runs,
+    fed by one iterator reading the cache back, at the rate the diagnosis measured."""
+    base = measurements([stage("read", "read", 0.05, 0.05, 0.03, 3000),
+                         stage("decode", "op", 2.05, 2.05, 1.03, 150_000),
+                         stage("flip", "op", 2.06, 2.06, 1.04, 150_000, random=True)], SIMULATED_1MS)
+
+    def cache_lever(m: Measurements):
+        return next(lever for lever in analyse(m).levers if lever.lever == "cache after decode")
+
+    slow_read_back = dataclasses.replace(base, cache_read=PassTiming(1000, 0.5, 0.5, 1))  # 0.5 ms
+    assert cache_lever(slow_read_back).ceiling == pytest.approx(2000)
+    assert "read back from memory at 2,000/s" in cache_lever(slow_read_back).note
+    assert cache_lever(base).ceiling > 10 * 2000  # not measured: the flip alone
+
+
 # --------------------------------------------------------------------------- real stages
 
 
@@ -174,7 +191,10 @@ def test_storage_latency_is_diagnosed_as_blocking_io(tmp_path: Path) -> None:
     assert diagnosis.bottleneck.stage == "read"
     assert read.blocking and read.wall_s > 0.015  # 20 ms simulated per record
     assert read.speedup > 3  # 8 files read at once
-    assert (tmp_path / "out" / "diagnosis.json").exists()
+    # Read back from a memory cache, an element waits for no storage.
+    assert diagnosis.measurements.cache_read.typical_wall_per_element < read.wall_s / 20
+    document = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
+    assert document["cache_read"]["wall_s"] < read.wall_s / 20
 
 
 @pytest.mark.slow
@@ -188,6 +208,8 @@ def test_a_heavy_user_op_is_named_as_the_compute_bottleneck(tmp_path: Path) -> N
     costs = [(c.name, round(c.wall_s * 1e3, 3), round(c.cpu_s * 1e3, 3)) for c in diagnosis.costs]
     assert not heavy.blocking, costs
     assert heavy.wall_s > 5 * sum(c.wall_s for c in diagnosis.costs[:-1]), costs
+    # A cache after the heavy op (nothing is random) leaves only reading it back.
+    assert diagnosis.measurements.cache_read.typical_wall_per_element < heavy.wall_s / 5
 
 
 @pytest.mark.slow

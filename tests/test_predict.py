@@ -76,11 +76,24 @@ def test_the_cpu_limit_is_what_the_parallel_pass_billed_not_the_slow_pass() -> N
     ])
     wide = AUTOTUNE.model_copy(update={"shards": 16, "interleave_cycle": 16})
     assert rate(wide, waits) == pytest.approx(2 / 0.00042, rel=1e-3)  # 4,762/s; 16 files at once allow 5,333/s
-    # A cache's elements cost the read's CPU without its waits, scaled alike (0.4 ms, not
-    # 1.0): over 30 epochs it is predicted first, where the slow pass's billing put it last.
-    cached = Variant(wide.model_copy(update={"cache": "memory"}))
-    order = predict.best_first([Variant(wide), cached], waits, "time_to_train", 30, AUTOTUNE)
-    assert order[0] == cached
+
+
+def test_a_cache_costs_what_the_diagnosis_measured_reading_it_back() -> None:
+    """Reads that wait 3 ms, nothing random: from the second epoch on a memory cache is read
+    back by one iterator at the cost measured (its CPU as measured, not scaled like a waiting
+    pass's). 20 us per element: 50,000/s, predicted first over 30 epochs; a cache measured at
+    1 ms per element (slower than 16 files at once) is predicted slower than none."""
+    reads = document([stage("read", "read", 3.0, 0.05, 0.4, 3000, parallelism=8),
+                      stage("parse", "parse", 3.05, 0.1, 0.42, 3000)])
+    wide = AUTOTUNE.model_copy(update={"shards": 16, "interleave_cycle": 16})
+    cached = wide.model_copy(update={"cache": "memory"})
+    cheap = {**reads, "cache_read": {"wall_s": 20e-6, "cpu_s": 20e-6, "elements": 512}}
+    assert rate(cached, cheap) == pytest.approx(1 / 20e-6, rel=1e-3)
+    order = predict.best_first([Variant(wide), Variant(cached)], cheap, "time_to_train", 30, AUTOTUNE)
+    assert order[0] == Variant(cached)
+    costly = {**reads, "cache_read": {"wall_s": 1e-3, "cpu_s": 1e-3, "elements": 512}}
+    assert rate(cached, costly) == pytest.approx(1000, rel=1e-3)
+    assert rate(cached, costly) < rate(wide, costly)
 
 
 # A costly deterministic decode (2 ms of CPU), then a cheap random flip: a cache fits between.

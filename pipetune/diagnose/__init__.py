@@ -68,10 +68,11 @@ def diagnose(spec: Spec, out_dir: Path, options: DiagnoseOptions = DiagnoseOptio
         seconds_per_pass=options.seconds_per_pass, max_elements=options.max_elements,
         # the consumer levers worth timing: the mixed precisions this machine runs fast
         precisions=detect_device().fast_mixed_precisions() if mode == "train" else ())
-    stages, consumer = run_child(request, options.timeout_s, out_dir)
+    stages, cache_read, consumer = run_child(request, options.timeout_s, out_dir)
     measurements = Measurements(
         spec_name=spec.name, cores=request.cores, shards=options.shards,
         num_examples=shard_set.manifest.num_examples, stages=stages, consumer=consumer,
+        cache_read=cache_read,
         ram_budget_bytes=int(spec.resources.ram_budget_gb * 2**30),
         shuffle_buffer=spec.search.space.shuffle_buffer[0],
         measure_seconds=time.perf_counter() - started)

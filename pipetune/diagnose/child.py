@@ -3,7 +3,7 @@ time the consumer on one batch held in memory.
 
 Runs in a process forked from the trial forkserver (``trial.trial_context``), so thread pools,
 the Keras precision policy and memory never leak into the parent. It sends back exactly one
-message: ``("ok", (stages, consumer))`` or ``("error", reason)``.
+message: ``("ok", (stages, cache_read, consumer))`` or ``("error", reason)``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from pipetune.trial_child import explain_failure, redirect_output
 
 CHUNK_S = 0.02  # seconds of elements per hand-over to Python: its overhead stays ~1%
 MAX_CHUNK = 512
+# The cache-read pass holds at most this many elements, and this many bytes of them.
+CACHE_READ_ELEMENTS = 512
+CACHE_READ_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +62,16 @@ def child_main(request: ChildRequest, scratch: str, sender: Any, environ: dict[s
     sender.close()
 
 
-def measure_all(request: ChildRequest, scratch: Path) -> tuple[tuple[StageMeasurement, ...], ConsumerMeasurement]:
+def measure_all(request: ChildRequest, scratch: Path
+                ) -> tuple[tuple[StageMeasurement, ...], PassTiming, ConsumerMeasurement]:
     from pipetune.user_code import on_sys_path
 
     with on_sys_path(request.spec.base_dir):
         module = _load(request.module_source, scratch)
         stages = tuple(measure_stage(module, info, request) for info in request.stages)
+        cache_read = measure_cache_read(module, request, stages)
         consumer = measure_consumer(module, request)
-    return stages, consumer
+    return stages, cache_read, consumer
 
 
 def _load(source: str, scratch: Path) -> Any:
@@ -90,17 +95,23 @@ def stage_datasets(module: Any, info: StageInfo, request: ChildRequest) -> tuple
         function = getattr(module, info.function)
         sequential = sequential.map(function)
         parallel = parallel.map(function, num_parallel_calls=request.cores, deterministic=False)
-    one_at_a_time = tf.data.Options()
+    wide = tf.data.Options()
+    wide.threading.private_threadpool_size = 2 * max(request.cores, request.shards)
+    return sequential.with_options(_one_at_a_time()), parallel.with_options(wide)
+
+
+def _one_at_a_time() -> Any:
+    import tensorflow as tf
+
+    options = tf.data.Options()
     # Else tf.data parallelises a stateless map, fuses map and batch into a parallel op and
     # adds a prefetch by itself: the sequential pass would not be sequential.
-    optimization = one_at_a_time.experimental_optimization
+    optimization = options.experimental_optimization
     optimization.map_parallelization = False
     optimization.inject_prefetch = False
     optimization.map_and_batch_fusion = False
     optimization.parallel_batch = False
-    wide = tf.data.Options()
-    wide.threading.private_threadpool_size = 2 * max(request.cores, request.shards)
-    return sequential.with_options(one_at_a_time), parallel.with_options(wide)
+    return options
 
 
 def measure_stage(module: Any, info: StageInfo, request: ChildRequest) -> StageMeasurement:
@@ -110,6 +121,23 @@ def measure_stage(module: Any, info: StageInfo, request: ChildRequest) -> StageM
     sequential_timing, _ = time_pass(sequential, request, 1)
     return StageMeasurement(info.name, info.kind, info.random, sequential_timing, parallel_timing,
                             element_bytes)
+
+
+def measure_cache_read(module: Any, request: ChildRequest,
+                       stages: tuple[StageMeasurement, ...]) -> PassTiming:
+    """Elements read back from a memory cache where the Plan puts one (after the latest stage
+    before the first random op), one at a time, as the sequential passes: what a cache leaves
+    of the stages before it, measured rather than taken to be a record read. A few hundred
+    elements are cached first; every later iterator of the same dataset reads them from memory."""
+    position = next((i for i, stage in enumerate(stages) if stage.random), len(stages)) - 1
+    element_bytes = max(stages[position].element_bytes, 1.0)
+    count = max(16, min(CACHE_READ_ELEMENTS, int(CACHE_READ_BYTES / element_bytes)))
+    _, parallel = stage_datasets(module, request.stages[position], request)
+    cached = parallel.take(count).cache()
+    for _ in cached:  # fills it
+        pass
+    timing, _ = time_pass(cached.repeat().with_options(_one_at_a_time()), request, 1)
+    return timing
 
 
 def time_pass(dataset: Any, request: ChildRequest, parallelism: int) -> tuple[PassTiming, float]:

@@ -31,6 +31,7 @@ def diagnosis_document(diagnosis: Diagnosis) -> dict[str, Any]:
         "cpu_bound_rate": diagnosis.cpu_bound,
         "stages": [_stage(stage, cost, cores) for stage, cost in zip(m.stages, diagnosis.costs)],
         "caches": [_memory(need) for need in diagnosis.caches],
+        "cache_read": _cache_read(m.cache_read),
         "shuffle": _memory(diagnosis.shuffle) if diagnosis.shuffle else None,
         "levers": [dataclasses.asdict(lever) for lever in diagnosis.levers],
     })
@@ -46,6 +47,14 @@ def _stage(stage, cost, cores: int) -> dict[str, Any]:
             "alone": {"wall_s": cost.wall_s, "cpu_s": cost.cpu_s, "rate_1": cost.rate_1,
                       "speedup": cost.speedup, "blocking": cost.blocking,
                       "ceiling": cost.ceiling(cores)}}
+
+
+def _cache_read(timing) -> dict[str, Any] | None:
+    """Per element, read back from a memory cache (None: not measured, an older diagnosis)."""
+    if timing is None:
+        return None
+    return {"wall_s": timing.typical_wall_per_element, "cpu_s": timing.typical_cpu_per_element,
+            "elements": timing.elements}
 
 
 def _memory(need) -> dict[str, Any]:

@@ -128,3 +128,5 @@ class Measurements:
     ram_budget_bytes: int
     shuffle_buffer: int  # the spec's first searched value; 0 = no shuffle
     measure_seconds: float = 0.0  # wall time of the whole measurement, shards included
+    # Elements read back one at a time from a memory cache at the Plan's cache position.
+    cache_read: PassTiming | None = None

@@ -11,7 +11,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipetune.diagnose.measurements import ConsumerMeasurement, Measurements, StageMeasurement
+from pipetune.diagnose.measurements import (
+    ConsumerMeasurement,
+    Measurements,
+    PassTiming,
+    StageMeasurement,
+)
 from pipetune.diagnose.memory import MemoryNeed, cache_needs, shuffle_need
 from pipetune.dimensions import BY_NAME
 
@@ -239,7 +244,8 @@ def _needed_text(target: float, stage: StageCost) -> str:
     return f"{needed} elements in flight{capped}"
 
 
-def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed]) -> tuple[Lever, ...]:
+def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed],
+           cache_read: PassTiming | None = None) -> tuple[Lever, ...]:
     consumer, cores = roof.consumer, roof.cores
     rows = [Lever("the consumer (training step)", None, consumer.rate, _consumer_note(consumer)),
             Lever("the pipeline as measured", None, roof.measured,
@@ -248,7 +254,7 @@ def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed])
             Lever(f"computing stages on {cores} cores", None, roof.compute,
                   f"their times add up; x{roof.speedup:.1f} parallel speed-up seen")]
     rows += [_parallel_lever(cost, cores, roof.target) for cost in costs if cost.wall_s > NEGLIGIBLE_S]
-    rows += [_cache_lever(need, costs, roof) for need in caches]
+    rows += [_cache_lever(need, costs, roof, cache_read) for need in caches]
     rows += [Lever(f"the consumer: {BY_NAME[lever.dimension].words(lever.value)}", None, lever.rate,
                    f"{lever.step_s * 1000:.1f} ms per batch of {lever.batch_size} in memory "
                    f"(x{lever.rate / consumer.rate:.2f} the plain step)") for lever in consumer.levers]
@@ -272,18 +278,24 @@ def _parallel_lever(cost: StageCost, cores: int, target: float) -> Lever:
                  f"{cost.rate_1:.0f}/s at 1, speed-up x{cost.speedup:.1f} seen")
 
 
-def _cache_lever(need: MemoryNeed, costs: Sequence[StageCost], roof: Roof) -> Lever:
-    """From the second epoch on, only the stages after the cache run."""
+def _cache_lever(need: MemoryNeed, costs: Sequence[StageCost], roof: Roof,
+                 cache_read: PassTiming | None) -> Lever:
+    """From the second epoch on, only the stages after the cache run, fed by one iterator
+    reading the cache back (as measured, where it was)."""
     names = [c.name for c in costs]
     after = costs[names.index(need.position) + 1:]
     computing = sum(c.wall_s for c in after if not c.blocking)
     limits = [sized_concurrency(roof.target, c) / c.wall_s for c in after if c.blocking]
     if computing > 0:
         limits.append(roof.speedup / computing)
+    read_back = ""
+    if cache_read is not None:
+        limits.append(1 / max(cache_read.typical_wall_per_element, FLOOR_S))
+        read_back = f"; read back from memory at {limits[-1]:,.0f}/s"
     size = f"{need.total_bytes / 2**30:.2f} GiB"
     fits = "fits the RAM budget" if need.fits else "over the RAM budget: disk cache only"
     return Lever(f"cache after {need.position}", need.position, min(limits, default=math.inf),
-                 f"{size}, {fits}; from the second epoch on")
+                 f"{size}, {fits}; from the second epoch on{read_back}")
 
 
 def _consumer_note(consumer: ConsumerMeasurement) -> str:
@@ -311,4 +323,5 @@ def analyse(measurements: Measurements) -> Diagnosis:
         measurements=measurements, costs=costs, cpu_bound=roof.all_cores, measured_rate=roof.measured,
         compute_rate=roof.compute, caches=caches, shuffle=shuffle_need(measurements),
         bottleneck=find_bottleneck(costs, roof),
-        levers=levers(costs, roof, caches), predicted_rate=predicted_rate(costs, roof))
+        levers=levers(costs, roof, caches, measurements.cache_read),
+        predicted_rate=predicted_rate(costs, roof))
