@@ -422,3 +422,22 @@ def test_thin_monitor_keeps_evenly_spaced_real_samples():
     # metric a sits on rows 0, 2, 4, 6, 8: picks 0, 4, 8; metric b on 1, 3, 5, 7, 9: picks 1, 5, 9.
     assert thinned["t_ns"] == [0, 1, 4, 5, 8, 9]
     assert thinned["metric"] == ["a", "b"] * 3 and thinned["accelerator_note"] == "x"
+
+
+def test_the_ranking_says_where_the_final_race_ends(tmp_path):
+    """The raced variants come first and keep the race's numbers; the rows below them keep
+    their screening times, which the report and the terminal say are not comparable."""
+    from pipetune.commands.sweep import ranking_legend
+    from pipetune.ranking import rank
+
+    trials = references_sweep()
+    raced = [dataclasses.replace(t, race_round=r, rung=2) for t in trials[:2] for r in (1, 2, 3)]
+    plain = make_outcome(tmp_path, trials)
+    with_race = dataclasses.replace(plain, ranking=rank(trials, "throughput", epochs=10, race=raced),
+                                    race=tuple(raced))
+    assert [r.raced for r in with_race.ranking.ranked] == [True, True, False, False]
+    html = render_report(with_race, best_code="x = 1\n")
+    assert "From #3 on, variants were measured in screening only" in html
+    assert ranking_legend(with_race.ranking.ranked)[1].startswith("from row 3 on: measured in screening only")
+    assert "screening only" not in render_report(plain, best_code="x = 1\n")
+    assert len(ranking_legend(plain.ranking.ranked)) == 1

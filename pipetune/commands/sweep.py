@@ -220,7 +220,8 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
                       f"{ranked.median:.1f}", f"{ranked.ci_low:.1f}–{ranked.ci_high:.1f}",
                       f"{wait:.0%}", f"{trial.cpu_percent:.0f}" if trial.cpu_percent is not None else "–")
     console.print(table)
-    console.print("= : tied with the row above (the data cannot tell them apart; cheaper first)")
+    for line in ranking_legend(shown):
+        console.print(line)
     for c in ranking.comparisons:
         console.print(f"best vs {c.reference.trial.role.value}: {c.speedup:.2f}x "
                       f"(95% CI {c.speedup_ci_low:.2f}–{c.speedup_ci_high:.2f}), {c.verdict}"
@@ -234,6 +235,18 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
     console.print(f"{len(outcome.dropped)} variant(s) dropped as invalid, {skipped} skipped or pruned "
                   "(reasons in results.csv)")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def ranking_legend(shown) -> list[str]:
+    """What the ranked table's marks mean, and where the final race's rows end (the ranking
+    puts the raced variants first; the rest keep their screening times, not comparable)."""
+    lines = ["= : tied with the row above (the data cannot tell them apart; cheaper first)"]
+    screened = [ranked.position for ranked in shown if not ranked.raced]
+    if screened and any(ranked.raced for ranked in shown):
+        lines.append(f"from row {screened[0]} on: measured in screening only, not in the final "
+                     "race; the race alone ranks the rows above, and a screening time is not "
+                     "comparable with theirs")
+    return lines
 
 
 def _print_diagnosis(console: Console, outcome) -> None:
