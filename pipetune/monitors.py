@@ -142,8 +142,8 @@ class _NvmlSampler:
         self._nvml = nvml
         self._devices = [_Device(index, handle) for index, handle in enumerate(handles)]
         self._start_ns = start_ns
-        self._value_fields = {getattr(nvml, f"NVML_VALUE_TYPE_{kind}"): field
-                              for kind, field in _VALUE_FIELDS.items()}
+        self._value_fields = {getattr(nvml, f"NVML_VALUE_TYPE_{kind}"): member
+                              for kind, member in _VALUE_FIELDS.items()}
 
     def prime(self) -> None:
         pass
@@ -222,8 +222,8 @@ class _NvmlSampler:
         offset_bound = poll_ns - newest_us * 1000
         device.offset_ns = min(offset_bound, device.offset_ns if device.offset_ns is not None
                                else offset_bound)
-        field = self._value_fields.get(value_type)
-        if field is None:
+        value_field = self._value_fields.get(value_type)
+        if value_field is None:
             log.mark_unavailable(metric, f"NVML: unknown sample value type {value_type}")
             return
         # The period is the shortest spacing seen: a silence (a dry buffer) only lengthens one.
@@ -237,7 +237,7 @@ class _NvmlSampler:
         for sample in samples:
             t_ns = sample.timeStamp * 1000 + device.offset_ns
             if t_ns >= self._start_ns:  # the first poll returns the driver's whole backlog
-                log.add(t_ns, metric, getattr(sample.sampleValue, field))
+                log.add(t_ns, metric, getattr(sample.sampleValue, value_field))
                 device.last_kernel_ns = poll_ns
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from pipetune.diagnose.measurements import (
     PassTiming,
     StageMeasurement,
 )
+from pipetune.diagnose.memory import cache_positions
 from pipetune.diagnose.render import StageInfo
 from pipetune.spec import Spec
 from pipetune.trial_child import explain_failure, redirect_output
@@ -129,7 +130,7 @@ def measure_cache_read(module: Any, request: ChildRequest,
     before the first random op), one at a time, as the sequential passes: what a cache leaves
     of the stages before it, measured rather than taken to be a record read. A few hundred
     elements are cached first; every later iterator of the same dataset reads them from memory."""
-    position = next((i for i, stage in enumerate(stages) if stage.random), len(stages)) - 1
+    position = len(cache_positions(stages)) - 1
     element_bytes = max(stages[position].element_bytes, 1.0)
     count = max(16, min(CACHE_READ_ELEMENTS, int(CACHE_READ_BYTES / element_bytes)))
     _, parallel = stage_datasets(module, request.stages[position], request)

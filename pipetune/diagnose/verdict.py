@@ -245,7 +245,7 @@ def _needed_text(target: float, stage: StageCost) -> str:
 
 
 def levers(costs: Sequence[StageCost], roof: Roof, caches: Sequence[MemoryNeed],
-           cache_read: PassTiming | None = None) -> tuple[Lever, ...]:
+           cache_read: PassTiming | None) -> tuple[Lever, ...]:
     consumer, cores = roof.consumer, roof.cores
     rows = [Lever("the consumer (training step)", None, consumer.rate, _consumer_note(consumer)),
             Lever("the pipeline as measured", None, roof.measured,
