@@ -439,3 +439,41 @@ def test_a_ctrl_c_during_a_trials_start_is_not_lost():
     assert process.killed
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
     assert signal.SIGINT not in signal.sigpending()
+
+
+_CHILD_THAT_CONVERTS = """
+import os, sys
+from pathlib import Path
+from pipetune.trial_child import enter_child
+scratch = Path(sys.argv[1])
+enter_child(dict(os.environ), scratch, scratch / "child.log")
+import tensorflow as tf
+
+
+def plus_one(x):
+    if x > 0:  # control flow, which AutoGraph rewrites
+        return x + 1
+    return x
+
+
+list(tf.data.Dataset.range(3).map(plus_one))
+os._exit(0)  # how a forked trial leaves: no atexit, so AutoGraph never deletes its files
+"""
+
+
+def test_a_childs_autograph_files_stay_in_its_scratch_folder(tmp_path):
+    """AutoGraph's generated modules go to the scratch folder the parent removes, not to the
+    system temp dir, where a forked child (which skips atexit) would leave them for good."""
+    import os
+    import subprocess
+    import sys
+
+    system_tmp, scratch = tmp_path / "tmp", tmp_path / "scratch"
+    system_tmp.mkdir()
+    scratch.mkdir()
+    script = tmp_path / "child.py"  # a file: AutoGraph reads a function's source
+    script.write_text(_CHILD_THAT_CONVERTS, encoding="utf-8")
+    subprocess.run([sys.executable, str(script), str(scratch)], check=True, timeout=120,
+                   env={**os.environ, "TMPDIR": str(system_tmp)})
+    assert list(scratch.glob("__autograph_generated_file*"))  # it did write some
+    assert not list(system_tmp.glob("__autograph_generated_file*"))

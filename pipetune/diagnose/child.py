@@ -9,7 +9,6 @@ message: ``("ok", (stages, cache_read, consumer))`` or ``("error", reason)``.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pipetune.diagnose.measurements import (
 from pipetune.diagnose.memory import cache_positions
 from pipetune.diagnose.render import StageInfo
 from pipetune.spec import Spec
-from pipetune.trial_child import explain_failure, redirect_output
+from pipetune.trial_child import enter_child, explain_failure
 
 CHUNK_S = 0.02  # seconds of elements per hand-over to Python: its overhead stays ~1%
 MAX_CHUNK = 512
@@ -52,9 +51,7 @@ class ChildRequest:
 
 
 def child_main(request: ChildRequest, scratch: str, sender: Any, environ: dict[str, str]) -> None:
-    os.environ.clear()
-    os.environ.update(environ)
-    redirect_output(Path(scratch) / "diagnose.log")  # TensorFlow's chatter, not over the table
+    enter_child(environ, Path(scratch), Path(scratch) / "diagnose.log")
     try:
         message: tuple[str, object] = ("ok", measure_all(request, Path(scratch)))
     except BaseException as err:  # noqa: BLE001 - every failure must reach the parent as data
