@@ -216,6 +216,12 @@ def _delivered(params: PipelineParams, pipeline: float, consumer: float) -> floa
     return 1.0 / (1.0 / pipeline + 1.0 / consumer)
 
 
+def delivered_share(pipeline: float, consumer: float) -> float:
+    """The share of its own rate a consumer gets from a pipeline running ahead of it: how much
+    a faster pipeline could still gain (the verdict's consumer-bound rule)."""
+    return _tandem(pipeline, consumer, IN_FLIGHT) / consumer
+
+
 def _tandem(producer: float, consumer: float, capacity: int) -> float:
     """Two stages with a bounded buffer between them (M/M/1/K): below the slower of the two,
     the more so the closer they are (capacity/(capacity+1) of it when equal), since each

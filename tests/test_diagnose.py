@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_spec
+from pipetune import predict
 from pipetune.cli import main
 from pipetune.diagnose import DiagnoseOptions, diagnose
 from pipetune.diagnose.measurements import (
@@ -19,7 +20,7 @@ from pipetune.diagnose.measurements import (
     PassTiming,
     StageMeasurement,
 )
-from pipetune.diagnose.verdict import analyse, littles_law_concurrency
+from pipetune.diagnose.verdict import analyse, littles_law_concurrency, outruns
 from pipetune.spec import PipelineParams, Spec
 
 USERFNS = Path(__file__).resolve().parent / "userfns"
@@ -120,15 +121,25 @@ def test_a_slow_consumer_is_the_bottleneck() -> None:
 
 
 def test_a_pipeline_barely_faster_than_its_consumer_is_still_searched() -> None:
-    # 64 examples per 20 ms: 3,200/s; the pipeline as measured delivers ~3,600/s (x1.1), within
-    # a diagnosis' noise: its own bottleneck is named. At 320/s the consumer is the bottleneck.
+    # The pipeline as measured delivers ~3,570/s. Against 64 examples per 27 ms (2,370/s, x1.5)
+    # four batches in flight leave the consumer waiting ~8% of the time: its own bottleneck is
+    # named. Against 64 per 40 ms (1,600/s, x2.2) it waits ~2%: the consumer is the bottleneck.
     pipeline = [stage("read", "read", 0.03, 0.03, 0.03, 3000, parallelism=8),
                 stage("decode_image(image)", "op", 0.55, 0.55, 0.28, 30_000)]
-    diagnosis = analyse(measurements(pipeline, ConsumerMeasurement("simulate", 64, 0.02, measured=False)))
+    diagnosis = analyse(measurements(pipeline, ConsumerMeasurement("simulate", 64, 0.027, measured=False)))
     assert diagnosis.measured_rate == pytest.approx(1 / 0.00028)
     assert diagnosis.bottleneck.kind == "compute"
-    slower = analyse(measurements(pipeline, ConsumerMeasurement("simulate", 64, 0.2, measured=False)))
+    slower = analyse(measurements(pipeline, ConsumerMeasurement("simulate", 64, 0.04, measured=False)))
     assert slower.bottleneck.kind == "consumer"
+
+
+def test_consumer_bound_means_a_faster_pipeline_gains_under_5_percent_in_predict_py() -> None:
+    """The verdict's rule and predict.py's model of a pipeline running ahead are one model."""
+    for ratio in (1.25, 1.5, 1.7, 1.8, 2.0, 3.0):
+        gain = 1 / predict.delivered_share(ratio * 1000, 1000)
+        assert outruns(ratio * 1000, 1000) == (gain <= 1 / 0.95)
+    assert not outruns(1700, 1000) and outruns(1800, 1000)
+    assert not outruns(1e9, math.inf)  # input mode: nothing consumes, never consumer-bound
 
 
 def test_a_waiting_read_that_parallelism_does_not_help_is_bandwidth() -> None:
@@ -216,7 +227,6 @@ def test_a_heavy_user_op_is_named_as_the_compute_bottleneck(tmp_path: Path) -> N
 def test_a_trained_consumer_is_timed_with_each_of_its_levers_alone(tmp_path: Path) -> None:
     """Train mode: the plain step, then twice the batch, 8 steps per call and XLA flipped, each
     timed on the batch in memory; they reach the levers table and predict.py's consumer."""
-    from pipetune import predict
     from pipetune.diagnose.document import diagnosis_document
 
     spec = spec_with(tmp_path, CHEAP, {"builtin": "mlp"}).model_copy(

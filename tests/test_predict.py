@@ -14,7 +14,7 @@ from pipetune.diagnose.measurements import ConsumerMeasurement
 from pipetune.diagnose.verdict import analyse
 from pipetune.space import Variant
 from pipetune.spec import PipelineParams
-from test_diagnose import SIMULATED_1MS, measurements, stage
+from test_diagnose import measurements, stage
 
 AUTOTUNE = PipelineParams(shards=8, interleave_cycle="autotune", map_parallel="autotune", prefetch="autotune")
 
