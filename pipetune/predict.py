@@ -23,7 +23,8 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
   * with no prefetch and nothing running ahead (sequential read and map) the consumer waits
     for each batch: the two times add up; otherwise a bounded buffer joins them, and the
     rate is below the slower of the two, the more so the closer they are (a finite-buffer
-    tandem queue; a variant that leaves the pipeline more headroom is predicted faster);
+    tandem queue, ``queue_model.py``; a variant that leaves the pipeline more headroom is
+    predicted faster);
   * the consumer: a simulated step costs the same per batch, so its rate grows with the
     batch; a real model's rate per example is taken as measured, with each consumer lever
     the diagnosis timed alone (precision, XLA, steps per call, twice the batch) as measured.
@@ -39,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipetune.queue_model import tandem
 from pipetune.space import Variant
 from pipetune.spec import PipelineParams
 
@@ -46,11 +48,6 @@ from pipetune.spec import PipelineParams
 # and the fill epoch's rate against no cache at all (it copies or writes every element).
 DISK_CACHE_SHARE = 0.8
 FILL_SHARE = {"memory": 0.95, "disk": 0.9, "snapshot": 0.9}
-# Batches between the pipeline and the step when the pipeline runs ahead: one being made, two
-# buffered, one being trained on. Measured on benchmark workload 1 (a 3,150/s pipeline, a
-# 3,200/s simulated step): ~2,000 examples/s delivered, where min() of the two predicted
-# 3,150/s and ranked a cache (which frees the pipeline) as no gain; the cache ran 1.27x.
-IN_FLIGHT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,25 +209,8 @@ def _delivered(params: PipelineParams, pipeline: float, consumer: float) -> floa
     if math.isinf(pipeline) or math.isinf(consumer):
         return min(pipeline, consumer)
     if runs_ahead:
-        return _tandem(pipeline, consumer, IN_FLIGHT)
+        return tandem(pipeline, consumer)
     return 1.0 / (1.0 / pipeline + 1.0 / consumer)
-
-
-def delivered_share(pipeline: float, consumer: float) -> float:
-    """The share of its own rate a consumer gets from a pipeline running ahead of it: how much
-    a faster pipeline could still gain (the verdict's consumer-bound rule)."""
-    return _tandem(pipeline, consumer, IN_FLIGHT) / consumer
-
-
-def _tandem(producer: float, consumer: float, capacity: int) -> float:
-    """Two stages with a bounded buffer between them (M/M/1/K): below the slower of the two,
-    the more so the closer they are (capacity/(capacity+1) of it when equal), since each
-    waits whenever the other runs slow for a moment."""
-    if math.isclose(producer, consumer, rel_tol=1e-9):
-        return producer * capacity / (capacity + 1)
-    slow, fast = sorted((producer, consumer))
-    ratio = slow / fast
-    return slow * (1 - ratio**capacity) / (1 - ratio ** (capacity + 1))
 
 
 def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float:

@@ -143,6 +143,15 @@ class Ranking:
         return rows
 
 
+def first_screened_position(ranked: Sequence[RankedTrial]) -> int | None:
+    """Where the final race's rows end: the position of the first trial measured in screening
+    only, below the raced ones (the ranking puts them first). None when no trial raced or
+    every one did."""
+    if not any(r.raced for r in ranked):
+        return None
+    return next((r.position for r in ranked if not r.raced), None)
+
+
 def rank(
     trials: Sequence[TrialResult],
     objective: str,

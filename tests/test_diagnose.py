@@ -21,6 +21,7 @@ from pipetune.diagnose.measurements import (
     StageMeasurement,
 )
 from pipetune.diagnose.verdict import analyse, littles_law_concurrency, outruns
+from pipetune.queue_model import delivered_share
 from pipetune.spec import PipelineParams, Spec
 
 USERFNS = Path(__file__).resolve().parent / "userfns"
@@ -133,10 +134,10 @@ def test_a_pipeline_barely_faster_than_its_consumer_is_still_searched() -> None:
     assert slower.bottleneck.kind == "consumer"
 
 
-def test_consumer_bound_means_a_faster_pipeline_gains_under_5_percent_in_predict_py() -> None:
-    """The verdict's rule and predict.py's model of a pipeline running ahead are one model."""
+def test_consumer_bound_means_a_faster_pipeline_gains_under_5_percent_in_the_queue_model() -> None:
+    """The verdict's rule and predict.py's ranking read one model of a pipeline running ahead."""
     for ratio in (1.25, 1.5, 1.7, 1.8, 2.0, 3.0):
-        gain = 1 / predict.delivered_share(ratio * 1000, 1000)
+        gain = 1 / delivered_share(ratio * 1000, 1000)
         assert outruns(ratio * 1000, 1000) == (gain <= 1 / 0.95)
     assert not outruns(1700, 1000) and outruns(1800, 1000)
     assert not outruns(1e9, math.inf)  # input mode: nothing consumes, never consumer-bound

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipetune.dimensions import NAMES, short_label
+from pipetune.ranking import first_screened_position
 from pipetune.errors import StorageLostError
 from pipetune.stats import input_bound_band
 
@@ -241,9 +242,9 @@ def ranking_legend(shown) -> list[str]:
     """What the ranked table's marks mean, and where the final race's rows end (the ranking
     puts the raced variants first; the rest keep their screening times, not comparable)."""
     lines = ["= : tied with the row above (the data cannot tell them apart; cheaper first)"]
-    screened = [ranked.position for ranked in shown if not ranked.raced]
-    if screened and any(ranked.raced for ranked in shown):
-        lines.append(f"from row {screened[0]} on: measured in screening only, not in the final "
+    screened = first_screened_position(shown)
+    if screened is not None:
+        lines.append(f"from row {screened} on: measured in screening only, not in the final "
                      "race; the race alone ranks the rows above, and a screening time is not "
                      "comparable with theirs")
     return lines

@@ -19,7 +19,7 @@ from pipetune.diagnose.measurements import (
 )
 from pipetune.diagnose.memory import MemoryNeed, cache_needs, shuffle_need
 from pipetune.dimensions import BY_NAME
-from pipetune.predict import delivered_share
+from pipetune.queue_model import delivered_share
 
 BLOCKING_RATIO = 2.0  # wall > 2x CPU: the stage mostly waits (storage, sleep, RPC), not computes
 # A stage must also wait this long per element: below it, wall minus CPU is scheduling noise
@@ -31,7 +31,7 @@ SATURATED_SPEEDUP = 1.5  # a waiting read that gains less than this from paralle
 MAX_CONCURRENCY = 256  # Little's law sizing stops being advice beyond this many threads
 # Consumer-bound only when the pipeline as measured keeps the consumer waiting less than this
 # share of the time, so no faster pipeline could gain more. Read from the bounded-buffer model
-# predict.py ranks variants with: there a pipeline 1.25x its consumer (the old fixed margin)
+# predict.py ranks variants with (queue_model.py): there a pipeline 1.25x its consumer (the old fixed margin)
 # still stalls it 12% of the time, and benchmark workload 1 (4,650/s against 3,200/s, 1.45x,
 # called consumer-bound) ran 6% faster under a tuned pipeline than under AUTOTUNE, in three
 # runs. 5% takes a pipeline about 1.75x its consumer, which also covers the ~20% between two

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipetune import stats
 from pipetune.documents import diagnosis_summary
-from pipetune.ranking import Comparison, RankedTrial
+from pipetune.ranking import Comparison, RankedTrial, first_screened_position
 from pipetune.report.diagnosis import DiagnosisSection, build_diagnosis
 from pipetune.report.rows import (
     EffectRow,
@@ -135,6 +135,7 @@ class Report:
     varying_dimensions: tuple[str, ...]
     shared_parameters: tuple[tuple[str, Any], ...]
     rows: tuple[RankRow, ...]
+    first_screened: int | None  # the first row measured in screening only, below the raced ones
     effects: tuple[EffectRow, ...]  # the largest MAX_EFFECTS
     effects_not_shown: int
     unrun: tuple[UnrunRow, ...]
@@ -157,6 +158,7 @@ def build_report(outcome: SweepOutcome) -> Report:
         steps=tuple(step_breakdown(r, winner_key) for r in ranking.ranked),
         varying_dimensions=varying, shared_parameters=shared,
         rows=tuple(rank_row(r, varying, winner_key, epochs) for r in ranking.ranked),
+        first_screened=first_screened_position(ranking.ranked),
         effects=effects[:MAX_EFFECTS], effects_not_shown=max(0, len(effects) - MAX_EFFECTS),
         unrun=unrun_rows(outcome.ranking.unranked, outcome.dropped),
         environment=environment_facts(outcome), diagnosis=build_diagnosis(diagnosis_summary(outcome)),
