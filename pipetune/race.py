@@ -10,9 +10,9 @@ Why a race: the screening numbers both select the best and would measure its spe
 winner's number is biased upwards (selection bias); and screening measurements of different
 variants happen minutes apart, so machine drift enters every comparison.
 
-Who races: every candidate whose screening interval overlaps the leader's (at least the top
-``MIN_CANDIDATES``, at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's
-baseline. The race stops when the leader is separated from the runner-up, or at a round cap
+Who races: every candidate whose screening interval overlaps the leader's, padded to the top
+``MIN_CANDIDATES`` with candidates screened within ``PAD_WITHIN`` of the best candidate (at most
+``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. The race stops when the leader is separated from the runner-up, or at a round cap
 from the budget (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is
 claimed and stored in the study (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps
 the rounds already run and several workers can share a round.
@@ -38,6 +38,11 @@ MIN_ROUNDS = ranking.MIN_ROUNDS_TO_CLAIM  # a race that cannot claim anything is
 MAX_ROUNDS = 6
 MIN_CANDIDATES = 3
 MAX_CANDIDATES = 5  # beyond the top few, overlapping candidates are left to the screening
+# Padding races runners-up whose screening interval missed the leader's by a little (one
+# screening's interval is narrow, and a second sweep's leader must be found tied with this
+# one's). A candidate screened 1.5x slower than the best cannot be that: racing it buys nothing
+# (workload 8 raced one screened 7x slower, three rounds of its slow trials).
+PAD_WITHIN = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +89,11 @@ def racers(screening: Ranking) -> list[str]:
         return []
     leader = ranked[0]
     candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
+    best = candidates[0] if candidates else None
     chosen = [r for i, r in enumerate(candidates)
-              if i < MIN_CANDIDATES or _overlaps(r, leader)][:MAX_CANDIDATES]
+              if _overlaps(r, leader) or r is best
+              or (i < MIN_CANDIDATES and _slower_by(r, best, screening.objective) <= PAD_WITHIN)
+              ][:MAX_CANDIDATES]
     references = [r for r in ranked if r.trial.role is not Role.CANDIDATE]
     keys = [r.trial.key for r in ranked if r in chosen or r in references]
     return keys if len(keys) >= 2 else []
@@ -93,6 +101,12 @@ def racers(screening: Ranking) -> list[str]:
 
 def _overlaps(a: RankedTrial, b: RankedTrial) -> bool:
     return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+
+
+def _slower_by(a: RankedTrial, b: RankedTrial, objective: str) -> float:
+    """How many times slower ``a``'s screening median is than ``b``'s."""
+    slow, fast = (b.median, a.median) if objective == "throughput" else (a.median, b.median)
+    return slow / fast if fast > 0 else float("inf")
 
 
 def rotation(keys: Sequence[str], round_: int) -> list[str]:

@@ -113,10 +113,27 @@ def test_a_stored_race_ranks_the_same():
 
 
 def test_racers_are_the_leading_candidates_and_the_references():
-    screening = rank([trial(f"c{i}", 1.0 + i) for i in range(8)]
+    screening = rank([trial(f"c{i}", 1.0 + 0.2 * i) for i in range(8)]
                      + [trial("naive", 20.0, Role.NAIVE), trial("auto", 0.5, Role.AUTOTUNE_DEFAULT)],
                      "time_to_train")
     assert race.racers(screening) == ["auto", "c0", "c1", "c2", "naive"]
+
+
+@pytest.mark.parametrize("objective", ["time_to_train", "throughput"])
+def test_the_race_is_not_padded_with_a_candidate_screened_far_slower(objective):
+    # Workload 8: two candidates at ~9 s, the third at 68 s; padding to three raced the 68 s one.
+    screening = rank([trial("fast", 1.0), trial("close", 1.1), trial("far", 7.0),
+                      trial("naive", 15.0, Role.NAIVE)], objective)
+    assert race.racers(screening) == ["fast", "close", "naive"]
+    near = rank([trial("fast", 1.0), trial("close", 1.1), trial("near", 1.4),
+                 trial("naive", 15.0, Role.NAIVE)], objective)
+    assert race.racers(near) == ["fast", "close", "near", "naive"]
+
+
+def test_the_best_candidate_races_even_far_behind_a_reference():
+    screening = rank([trial("c0", 2.0), trial("c1", 9.0), trial("auto", 1.0, Role.AUTOTUNE_DEFAULT)],
+                     "time_to_train")
+    assert race.racers(screening) == ["auto", "c0"]
 
 
 def test_a_tight_budget_races_the_references_and_the_top_three_only():
