@@ -27,7 +27,11 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
     predicted faster);
   * the consumer: a simulated step costs the same per batch, so its rate grows with the
     batch; a real model's rate per example is taken as measured, with each consumer lever
-    the diagnosis timed alone (precision, XLA, steps per call, twice the batch) as measured.
+    the diagnosis timed alone (precision, XLA, steps per call, twice the batch) as measured;
+  * a real model computes on the same cores as the pipeline: the pipeline's CPU per example
+    and the training step's (as the diagnosis measured it alone) together never go past the
+    cores. Without it a train-mode pick on 2 cores ran at 0.43-0.58 of its prediction
+    (benchmark workload 10: the model alone took 12,900/s, beside a cached pipeline ~5,500/s).
 Vectorised maps, determinism and fusion are taken as neutral: the diagnosis does not measure
 them, so they are ordered by the rest and measured like everything else.
 """
@@ -67,14 +71,17 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
     cores = int(diagnosis["cores"])
     scale = _cpu_scale(diagnosis)
     consumer = _consumer_rate(params, diagnosis["consumer"])
-    uncached = _delivered(params, _pipeline_rate(params, stages, cores, scale), consumer)
+    consumer_cpu = _consumer_cpu(params, diagnosis["consumer"])
+    uncached = _within_cores(_delivered(params, _pipeline_rate(params, stages, cores, scale), consumer),
+                             _pipeline_cpu(stages, scale) + consumer_cpu, cores)
     if params.cache == "none":
         first = steady = uncached
     else:
         after_cache = stages[_first_random(stages):]
         source = _cache_read(diagnosis)
-        steady = _delivered(params, _pipeline_rate(params, after_cache, cores, scale, source),
-                            consumer)
+        steady = _within_cores(
+            _delivered(params, _pipeline_rate(params, after_cache, cores, scale, source), consumer),
+            _pipeline_cpu(after_cache, scale, source) + consumer_cpu, cores)
         first = uncached * FILL_SHARE[params.cache]
         if params.cache != "memory":
             steady *= DISK_CACHE_SHARE
@@ -162,18 +169,28 @@ def _pipeline_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], 
     if source is None:
         read = [s["alone"] for s in stages if s["kind"] == "read"]
         reads = _read_concurrency(params, cores)
-        cpu = cpu_scale * sum(cost["cpu_s"] for cost in (*read, *mapped))
     else:
         read, reads = [source], 1
-        cpu = source["cpu_s"] + cpu_scale * sum(cost["cpu_s"] for cost in mapped)
     calls = _map_concurrency(params, params.private_threadpool_size or cores)
     if reads == calls == 1:  # a sequential map reads in its own thread: one chain
-        limits = [_side_rate([*read, *mapped], 1, cores)]
+        rate = _side_rate([*read, *mapped], 1, cores)
     else:
-        limits = [_side_rate(read, reads, cores), _side_rate(mapped, calls, cores)]
-    if cpu > 0:
-        limits.append(cores / cpu)
-    return min(limits)
+        rate = min(_side_rate(read, reads, cores), _side_rate(mapped, calls, cores))
+    return _within_cores(rate, _pipeline_cpu(stages, cpu_scale, source), cores)
+
+
+def _pipeline_cpu(stages: Sequence[Mapping[str, Any]], cpu_scale: float,
+                  source: Mapping[str, Any] | None = None) -> float:
+    """CPU seconds per element of the stages (times ``cpu_scale``), or of reading them back
+    from a cache (``source``, at its own CPU) and the stages after it."""
+    if source is None:
+        return cpu_scale * sum(s["alone"]["cpu_s"] for s in stages)
+    return source["cpu_s"] + cpu_scale * sum(s["alone"]["cpu_s"] for s in stages if s["kind"] != "read")
+
+
+def _within_cores(rate: float, cpu_s: float, cores: int) -> float:
+    """``rate`` examples/s, at most what ``cores`` pay for at ``cpu_s`` CPU seconds each."""
+    return min(rate, cores / cpu_s) if cpu_s > 0 else rate
 
 
 def _side_rate(costs: Sequence[Mapping[str, Any]], concurrency: int, cores: int) -> float:
@@ -223,10 +240,28 @@ def _consumer_rate(params: PipelineParams, consumer: Mapping[str, Any]) -> float
     if consumer["mode"] == "simulate":
         return params.batch_size / step_s
     rate = float(consumer["rate"])
-    for lever in consumer.get("levers", ()):
-        if getattr(params, lever["dimension"]) == lever["value"]:
-            rate *= lever["rate"] / consumer["rate"]
+    for lever in _levers_set(params, consumer):
+        rate *= lever["rate"] / consumer["rate"]
     return rate
+
+
+def _consumer_cpu(params: PipelineParams, consumer: Mapping[str, Any]) -> float:
+    """CPU seconds per example of a trained step, with each lever the variant sets as measured
+    (like ``_consumer_rate``); 0 for a simulated step (it sleeps) or one stored without it."""
+    if consumer["mode"] != "train" or not consumer.get("cpu_s"):
+        return 0.0
+    plain = consumer["cpu_s"] / consumer["batch_size"]
+    cpu = plain
+    for lever in _levers_set(params, consumer):
+        if lever.get("cpu_s"):
+            cpu *= lever["cpu_s"] / lever["batch_size"] / plain
+    return cpu
+
+
+def _levers_set(params: PipelineParams, consumer: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The consumer levers the diagnosis timed whose value ``params`` sets."""
+    return [lever for lever in consumer.get("levers", ())
+            if getattr(params, lever["dimension"]) == lever["value"]]
 
 
 def _cache_read(diagnosis: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -235,11 +235,12 @@ def test_a_trained_consumer_is_timed_with_each_of_its_levers_alone(tmp_path: Pat
     diagnosis = diagnose(spec, tmp_path / "out", FAST)
     consumer = diagnosis.measurements.consumer
     assert consumer.mode == "train" and consumer.step_s > 0
+    assert consumer.cpu_s > 0  # the model computes on the cores the pipeline needs
     batch = spec.search.space.batch_size[0]
     tried = {(lever.dimension, lever.value): lever for lever in consumer.levers}
     assert {("batch_size", 2 * batch), ("steps_per_execution", 8), ("jit_compile", True)} <= set(tried)
     assert tried[("batch_size", 2 * batch)].batch_size == 2 * batch
-    assert all(lever.step_s > 0 for lever in consumer.levers)
+    assert all(lever.step_s > 0 and lever.cpu_s > 0 for lever in consumer.levers)
     rows = {row.lever: row for row in diagnosis.levers}
     assert rows["the consumer: 8 training steps per call (steps_per_execution)"].ceiling == pytest.approx(
         tried[("steps_per_execution", 8)].rate)
@@ -247,6 +248,7 @@ def test_a_trained_consumer_is_timed_with_each_of_its_levers_alone(tmp_path: Pat
     eight = PipelineParams(batch_size=batch, steps_per_execution=8)
     assert predict._consumer_rate(eight, stored) == pytest.approx(tried[("steps_per_execution", 8)].rate)
     assert predict._consumer_rate(PipelineParams(batch_size=batch), stored) == pytest.approx(consumer.rate)
+    assert predict._consumer_cpu(PipelineParams(batch_size=batch), stored) == pytest.approx(consumer.cpu_s / batch)
 
 
 @pytest.fixture(scope="module")

@@ -190,3 +190,24 @@ def test_a_trained_consumer_takes_each_lever_the_diagnosis_timed_and_orders_by_t
         {"batch_size": 64, "jit_compile": False, "steps_per_execution": 8},
         {"batch_size": 128, "jit_compile": False, "steps_per_execution": 1},
         {"batch_size": 64, "jit_compile": True, "steps_per_execution": 1}]
+
+
+def test_a_trained_model_and_the_pipeline_share_the_cores() -> None:
+    """The model alone takes 1,000/s on both cores (2 ms CPU per example); the pipeline 0.51 ms
+    per example: together 2 cores pay for 2 / 2.51 ms = 797/s, not the ~1,000/s either alone
+    allows. A lever that halves the model's CPU (and runs 1.5x faster) is billed at its own CPU."""
+    from pipetune.diagnose.measurements import ConsumerLever
+
+    stages = [stage("read", "read", 0.01, 0.01, 0.01, 3000, parallelism=8),
+              stage("parse", "parse", 0.51, 0.51, 0.26, 3000)]
+    base = AUTOTUNE.model_copy(update={"batch_size": 64})
+    unbilled = document(stages, ConsumerMeasurement("train", 64, 0.064, measured=True))
+    assert rate(base, unbilled) > 990  # the buffer hides most of a pipeline 4x faster
+    bf16 = ConsumerLever("precision", "mixed_bfloat16", 64, 0.064 / 1.5, cpu_s=0.064)
+    billed = document(stages, ConsumerMeasurement("train", 64, 0.064, measured=True, levers=(bf16,), cpu_s=0.128))
+    assert rate(base, billed) == pytest.approx(2 / (0.00051 + 0.002), rel=1e-3)
+    assert rate(base.model_copy(update={"precision": "mixed_bfloat16"}), billed) == pytest.approx(
+        2 / (0.00051 + 0.001), rel=1e-3)
+    # A simulated step sleeps: nothing to bill, whatever the document says.
+    simulated = document(stages, ConsumerMeasurement("simulate", 64, 0.064, measured=False, cpu_s=0.128))
+    assert rate(base, simulated) == pytest.approx(rate(base, unbilled), rel=1e-6)

@@ -209,13 +209,13 @@ def measure_consumer(module: Any, request: ChildRequest) -> ConsumerMeasurement:
         return ConsumerMeasurement("input", request.batch_size, None, measured=False)
     if request.mode == "simulate":
         return ConsumerMeasurement("simulate", request.batch_size, step_ms / 1000.0, measured=False)
-    step_s, levers = time_training(module, request)
-    return ConsumerMeasurement("train", request.batch_size, step_s, measured=True, levers=levers)
+    (step_s, cpu_s), levers = time_training(module, request)
+    return ConsumerMeasurement("train", request.batch_size, step_s, measured=True, levers=levers, cpu_s=cpu_s)
 
 
-def time_training(module: Any, request: ChildRequest) -> tuple[float, tuple[ConsumerLever, ...]]:
-    """Median seconds per batch of the training step on one batch held in memory (no input
-    wait at all): plain (float32, the spec's jit_compile, one step per call), then with each
+def time_training(module: Any, request: ChildRequest) -> tuple[tuple[float, float], tuple[ConsumerLever, ...]]:
+    """Median wall and process CPU seconds per batch of the training step on one batch held in
+    memory (no input wait at all): plain (float32, the spec's jit_compile, one step per call), then with each
     consumer lever changed alone: twice the batch, STEPS_PER_CALL steps per call, XLA flipped,
     and each mixed precision this device runs fast. A lever that fails to build or run is
     left out: the sweep measures it and keeps its failure."""
@@ -235,7 +235,7 @@ def time_training(module: Any, request: ChildRequest) -> tuple[float, tuple[Cons
         return build_model(request.spec, shape, precision, jit_compile)
 
     plain = model()
-    step_s = _seconds_per_call(lambda: plain.train_on_batch(features, labels), request)
+    step = _seconds_per_call(lambda: plain.train_on_batch(features, labels), request)
     double = (tf.concat([features, features], 0), tf.concat([labels, labels], 0))
     repeated = iter(tf.data.Dataset.from_tensors((features, labels)).repeat())
     consume = multi_step_consumer(plain)
@@ -248,12 +248,13 @@ def time_training(module: Any, request: ChildRequest) -> tuple[float, tuple[Cons
     levers = []
     for dimension, value, size, steps, call in trials:
         try:
-            levers.append(ConsumerLever(dimension, value, size, _seconds_per_call(call, request) / steps))
+            wall_s, cpu_s = _seconds_per_call(call, request)
+            levers.append(ConsumerLever(dimension, value, size, wall_s / steps, cpu_s / steps))
         except Exception:  # noqa: BLE001 - the sweep measures the lever and keeps its failure
             continue
         finally:
             keras.mixed_precision.set_global_policy("float32")
-    return step_s, tuple(levers)
+    return step, tuple(levers)
 
 
 def _trainer(build: Any, features: Any, labels: Any) -> Any:
@@ -268,16 +269,18 @@ def _trainer(build: Any, features: Any, labels: Any) -> Any:
     return call
 
 
-def _seconds_per_call(call: Any, request: ChildRequest, warmup: int = 2, calls: int = 20) -> float:
-    """Median seconds of ``call`` after ``warmup`` calls (tracing, compiling); each call returns
-    host values, so it has finished when it returns."""
+def _seconds_per_call(call: Any, request: ChildRequest, warmup: int = 2,
+                      calls: int = 20) -> tuple[float, float]:
+    """Median wall and process CPU seconds of ``call`` after ``warmup`` calls (tracing,
+    compiling); each call returns host values, so it has finished when it returns."""
     import statistics
 
     for _ in range(warmup):
         call()
-    times, deadline = [], time.perf_counter() + 2 * request.seconds_per_pass
-    while len(times) < calls and (len(times) < 3 or time.perf_counter() < deadline):
-        start = time.perf_counter()
+    walls, cpus, deadline = [], [], time.perf_counter() + 2 * request.seconds_per_pass
+    while len(walls) < calls and (len(walls) < 3 or time.perf_counter() < deadline):
+        cpu_start, start = time.process_time(), time.perf_counter()
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu_start)
+    return statistics.median(walls), statistics.median(cpus)

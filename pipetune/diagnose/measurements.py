@@ -77,7 +77,9 @@ class ConsumerMeasurement:
     """The training step on one batch held in memory: the most the consumer can take.
 
     ``step_s`` is None in input mode (no consumer: its ceiling is infinite). In simulate mode
-    it is the spec's ``step_time_ms`` exactly (``measured`` False).
+    it is the spec's ``step_time_ms`` exactly (``measured`` False). ``cpu_s``: the process CPU
+    per batch while training (train mode; a simulated step sleeps, so None): the model takes
+    the cores the pipeline also needs.
     """
 
     mode: str
@@ -86,6 +88,7 @@ class ConsumerMeasurement:
     measured: bool
     # Train mode: the step with one consumer lever changed, each measured the same way.
     levers: tuple[ConsumerLever, ...] = ()
+    cpu_s: float | None = None
 
     @property
     def rate(self) -> float:
@@ -109,6 +112,7 @@ class ConsumerLever:
     value: Any
     batch_size: int
     step_s: float  # per batch (per call / steps for steps_per_execution)
+    cpu_s: float | None = None  # process CPU per batch, likewise
 
     @property
     def rate(self) -> float:

@@ -307,7 +307,8 @@ def _consumer_note(consumer: ConsumerMeasurement) -> str:
         return "input mode: no consumer"
     if consumer.mode == "simulate":
         return f"simulated step {consumer.step_s * 1000:g} ms per batch of {consumer.batch_size}"
-    return f"train_on_batch {consumer.step_s * 1000:.1f} ms per batch of {consumer.batch_size} in memory"
+    busy = f", {consumer.cpu_s / consumer.step_s:.1f} cores busy" if consumer.cpu_s and consumer.step_s else ""
+    return f"train_on_batch {consumer.step_s * 1000:.1f} ms per batch of {consumer.batch_size} in memory{busy}"
 
 
 def predicted_rate(costs: Sequence[StageCost], roof: Roof) -> float:
