@@ -30,8 +30,11 @@ The model (per example; the diagnosis measured each stage alone at parallelism 1
     the diagnosis timed alone (precision, XLA, steps per call, twice the batch) as measured;
   * a real model computes on the same cores as the pipeline: the pipeline's CPU per example
     and the training step's (as the diagnosis measured it alone) together never go past the
-    cores. Without it a train-mode pick on 2 cores ran at 0.43-0.58 of its prediction
-    (benchmark workload 10: the model alone took 12,900/s, beside a cached pipeline ~5,500/s).
+    cores. Without it, uncached parallel variants in train mode on 2 cores ran at 0.46-0.52
+    of their prediction (benchmark workloads 9 and 10; with it 0.57-0.68);
+  * not modelled: what an epoch's start costs (a new iterator, its shuffle buffer filled
+    before the first batch). On epochs of a few batches it is why cached train-mode picks run
+    at 0.47-0.68 of their prediction (workloads 9 and 10: 6 batches an epoch).
 Vectorised maps, determinism and fusion are taken as neutral: the diagnosis does not measure
 them, so they are ordered by the rest and measured like everything else.
 """
