@@ -14,8 +14,9 @@ Who races: every candidate whose screening interval overlaps the leader's, padde
 ``MIN_CANDIDATES`` with candidates screened within ``PAD_WITHIN`` of the best candidate (at most
 ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. The race stops when
 the leader is separated from the runner-up, or at a round cap from the budget (at least
-``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is claimed and stored in the study (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps
-the rounds already run and several workers can share a round.
+``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is claimed and stored in the study
+(rung ``RACE_RUNG``, with its round), so ``--resume`` keeps the rounds already run and several
+workers can share a round.
 """
 
 from __future__ import annotations
