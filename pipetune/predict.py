@@ -73,18 +73,13 @@ def predict(params: PipelineParams, diagnosis: Mapping[str, Any], epochs: int) -
     stages = diagnosis["stages"]
     cores = int(diagnosis["cores"])
     scale = _cpu_scale(diagnosis)
-    consumer = _consumer_rate(params, diagnosis["consumer"])
-    consumer_cpu = _consumer_cpu(params, diagnosis["consumer"])
-    uncached = _within_cores(_delivered(params, _pipeline_rate(params, stages, cores, scale), consumer),
-                             _pipeline_cpu(stages, scale) + consumer_cpu, cores)
+    consumer = (_consumer_rate(params, diagnosis["consumer"]), _consumer_cpu(params, diagnosis["consumer"]))
+    uncached = _delivered_rate(params, stages, cores, scale, consumer)
     if params.cache == "none":
         first = steady = uncached
     else:
         after_cache = stages[_first_random(stages):]
-        source = _cache_read(diagnosis)
-        steady = _within_cores(
-            _delivered(params, _pipeline_rate(params, after_cache, cores, scale, source), consumer),
-            _pipeline_cpu(after_cache, scale, source) + consumer_cpu, cores)
+        steady = _delivered_rate(params, after_cache, cores, scale, consumer, _cache_read(diagnosis))
         first = uncached * FILL_SHARE[params.cache]
         if params.cache != "memory":
             steady *= DISK_CACHE_SHARE
@@ -161,11 +156,24 @@ def _cpu_scale(diagnosis: Mapping[str, Any]) -> float:
     return int(diagnosis["cores"]) / bound / alone  # 0 when nothing was billed: no CPU limit
 
 
+def _delivered_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], cores: int,
+                    cpu_scale: float, consumer: tuple[float, float],
+                    source: Mapping[str, Any] | None = None) -> float:
+    """Examples/s the consumer (its rate, its CPU per example) takes from ``stages``: the
+    pipeline within the cores (each stage's CPU times ``cpu_scale``), joined to the consumer
+    through the buffer, and the two together within the cores. ``source``: the cost of taking
+    an element out of a cache, which then replaces the read side."""
+    consumer_rate, consumer_cpu = consumer
+    pipeline_cpu = _pipeline_cpu(stages, cpu_scale, source)
+    pipeline = _within_cores(_pipeline_rate(params, stages, cores, source), pipeline_cpu, cores)
+    return _within_cores(_delivered(params, pipeline, consumer_rate), pipeline_cpu + consumer_cpu, cores)
+
+
 def _pipeline_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], cores: int,
-                   cpu_scale: float, source: Mapping[str, Any] | None = None) -> float:
-    """What the stages deliver: the slower of the read and map sides, within the cores
-    (each stage's CPU times ``cpu_scale``). ``source``: the cost of taking an element out of
-    a cache, which then replaces the read side: one iterator reads it back, at its own CPU."""
+                   source: Mapping[str, Any] | None = None) -> float:
+    """What the stages deliver, CPU aside: the slower of the read and map sides. ``source``:
+    the cost of taking an element out of a cache, which then replaces the read side: one
+    iterator reads it back."""
     if not stages and source is None:
         return math.inf
     mapped = [s["alone"] for s in stages if s["kind"] != "read"]
@@ -176,10 +184,8 @@ def _pipeline_rate(params: PipelineParams, stages: Sequence[Mapping[str, Any]], 
         read, reads = [source], 1
     calls = _map_concurrency(params, params.private_threadpool_size or cores)
     if reads == calls == 1:  # a sequential map reads in its own thread: one chain
-        rate = _side_rate([*read, *mapped], 1, cores)
-    else:
-        rate = min(_side_rate(read, reads, cores), _side_rate(mapped, calls, cores))
-    return _within_cores(rate, _pipeline_cpu(stages, cpu_scale, source), cores)
+        return _side_rate([*read, *mapped], 1, cores)
+    return min(_side_rate(read, reads, cores), _side_rate(mapped, calls, cores))
 
 
 def _pipeline_cpu(stages: Sequence[Mapping[str, Any]], cpu_scale: float,

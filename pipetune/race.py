@@ -33,6 +33,7 @@ from pipetune.ranking import PairedSpeedup, RankedTrial, Ranking
 from pipetune.results import Role, TrialResult, TrialState
 from pipetune.search import FULL_RUNG, RACE_RUNG, SearchEvent, SearchState, claim_key, measure_one
 from pipetune.serialize import trial_from_json
+from pipetune.stats import speedup_of
 from pipetune.space import Variant
 
 MIN_ROUNDS = ranking.MIN_ROUNDS_TO_CLAIM  # a race that cannot claim anything is not run
@@ -90,11 +91,9 @@ def racers(screening: Ranking) -> list[str]:
         return []
     leader = ranked[0]
     candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
-    best = candidates[0] if candidates else None
-    chosen = [r for i, r in enumerate(candidates)
-              if _overlaps(r, leader) or r is best
-              or (i < MIN_CANDIDATES and _slower_by(r, best, screening.objective) <= PAD_WITHIN)
-              ][:MAX_CANDIDATES]
+    chosen = [r for i, r in enumerate(candidates)  # the best candidate (i = 0) always races
+              if i == 0 or _overlaps(r, leader)
+              or (i < MIN_CANDIDATES and _near(candidates[0], r, screening.objective))][:MAX_CANDIDATES]
     references = [r for r in ranked if r.trial.role is not Role.CANDIDATE]
     keys = [r.trial.key for r in ranked if r in chosen or r in references]
     return keys if len(keys) >= 2 else []
@@ -104,10 +103,10 @@ def _overlaps(a: RankedTrial, b: RankedTrial) -> bool:
     return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
 
 
-def _slower_by(a: RankedTrial, b: RankedTrial, objective: str) -> float:
-    """How many times slower ``a``'s screening median is than ``b``'s."""
-    slow, fast = (b.median, a.median) if objective == "throughput" else (a.median, b.median)
-    return slow / fast if fast > 0 else float("inf")
+def _near(best: RankedTrial, other: RankedTrial, objective: str) -> bool:
+    """``other`` screened within ``PAD_WITHIN`` of ``best``'s median."""
+    (speedup,) = speedup_of([best.median], [other.median], objective)
+    return speedup <= PAD_WITHIN
 
 
 def rotation(keys: Sequence[str], round_: int) -> list[str]:
