@@ -11,8 +11,9 @@ winner's number is biased upwards (selection bias); and screening measurements o
 variants happen minutes apart, so machine drift enters every comparison.
 
 Who races: every candidate whose screening interval overlaps the leader's, padded to the top
-``MIN_CANDIDATES`` with candidates screened within ``PAD_WITHIN`` of the best candidate (at most
-``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. The race stops when
+``MIN_CANDIDATES`` with candidates screened close enough to the best candidate to tie it in a
+race (``pad_band``: how far apart this sweep's own screening noise can put two equal variants;
+at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. The race stops when
 the leader is separated from the runner-up, or at a round cap from the budget (at least
 ``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is claimed and stored in the study
 (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps the rounds already run and several
@@ -21,6 +22,7 @@ workers can share a round.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -40,10 +42,17 @@ MIN_ROUNDS = ranking.MIN_ROUNDS_TO_CLAIM  # a race that cannot claim anything is
 MAX_ROUNDS = 6
 MIN_CANDIDATES = 3
 MAX_CANDIDATES = 5  # beyond the top few, overlapping candidates are left to the screening
-# Padding races runners-up whose screening interval missed the leader's by a little (one
-# screening's interval is narrow, and a second sweep's leader must be found tied with this
-# one's). A candidate screened 1.5x slower than the best cannot be that: racing it buys nothing
-# (workload 8 raced one screened 7x slower, three rounds of its slow trials).
+# Padding races runners-up whose screening interval missed the leader's by a little: one
+# screening's interval (its repeats, in one process) is narrower than the spread between
+# processes, and a second sweep's leader must be found tied with this one's. How far apart two
+# equal variants can screen grows with the sweep's noise: over 32 stored sweeps of the
+# benchmark, a runner-up's screened gap to the best (as a log ratio) moved by up to 2.8x the
+# sweep's largest repeat spread (relative range) between screening and race. So a candidate
+# races when its gap is within exp(PAD_NOISE_FACTOR x that spread), never beyond PAD_WITHIN
+# (workload 8 raced one screened 7x slower, three rounds of its slow trials) and always within
+# PAD_FLOOR (the steadiest workloads still moved by up to 6% between two processes).
+PAD_NOISE_FACTOR = 3.0
+PAD_FLOOR = 1.2
 PAD_WITHIN = 1.5
 
 
@@ -89,11 +98,11 @@ def racers(screening: Ranking) -> list[str]:
     ranked = screening.ranked
     if not ranked:
         return []
-    leader = ranked[0]
+    leader, band = ranked[0], pad_band(ranked)
     candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
     chosen = [r for i, r in enumerate(candidates)  # the best candidate (i = 0) always races
               if i == 0 or _overlaps(r, leader)
-              or (i < MIN_CANDIDATES and _near(candidates[0], r, screening.objective))][:MAX_CANDIDATES]
+              or (i < MIN_CANDIDATES and _near(candidates[0], r, screening.objective, band))][:MAX_CANDIDATES]
     references = [r for r in ranked if r.trial.role is not Role.CANDIDATE]
     keys = [r.trial.key for r in ranked if r in chosen or r in references]
     return keys if len(keys) >= 2 else []
@@ -103,10 +112,21 @@ def _overlaps(a: RankedTrial, b: RankedTrial) -> bool:
     return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
 
 
-def _near(best: RankedTrial, other: RankedTrial, objective: str) -> bool:
-    """``other`` screened within ``PAD_WITHIN`` of ``best``'s median."""
+def pad_band(screened: Sequence[RankedTrial]) -> float:
+    """How many times slower than the best a candidate may screen and still be padded into the
+    race: exp(PAD_NOISE_FACTOR x the largest relative range of one trial's repeats), within
+    [PAD_FLOOR, PAD_WITHIN]; PAD_WITHIN when no trial has two repeats (no noise measured)."""
+    spreads = [(max(r.values) - min(r.values)) / abs(r.median)
+               for r in screened if len(r.values) > 1 and r.median]
+    if not spreads:
+        return PAD_WITHIN
+    return min(PAD_WITHIN, max(PAD_FLOOR, math.exp(PAD_NOISE_FACTOR * max(spreads))))
+
+
+def _near(best: RankedTrial, other: RankedTrial, objective: str, band: float) -> bool:
+    """``other`` screened within ``band`` of ``best``'s median."""
     (speedup,) = speedup_of([best.median], [other.median], objective)
-    return speedup <= PAD_WITHIN
+    return speedup <= band
 
 
 def rotation(keys: Sequence[str], round_: int) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -60,11 +62,14 @@ def test_rotation_and_round_cap():
 
 
 def trial(key: str, step_ms: float, role: Role = Role.CANDIDATE, race_round: int | None = None,
-          cpu: float | None = None) -> TrialResult:
-    step = round(step_ms * MS)
-    repeat = RepeatTiming(tuple(i * step for i in range(10)), (0,) * 10, (step,) * 10, 320)
+          cpu: float | None = None, spread: float = 0.0) -> TrialResult:
+    """A trial of two repeats at ``step_ms`` per step, ``spread`` apart (relative range)."""
+    def repeat(ms: float) -> RepeatTiming:
+        step = round(ms * MS)
+        return RepeatTiming(tuple(i * step for i in range(10)), (0,) * 10, (step,) * 10, 320)
     return TrialResult(key=key, role=role, params={"k": key}, state=TrialState.COMPLETE,
-                       batch_size=32, steps_per_epoch=100, repeats=(repeat, repeat),
+                       batch_size=32, steps_per_epoch=100,
+                       repeats=(repeat(step_ms * (1 - spread / 2)), repeat(step_ms * (1 + spread / 2))),
                        cpu_s_per_example=cpu, race_round=race_round)
 
 
@@ -113,7 +118,7 @@ def test_a_stored_race_ranks_the_same():
 
 
 def test_racers_are_the_leading_candidates_and_the_references():
-    screening = rank([trial(f"c{i}", 1.0 + 0.2 * i) for i in range(8)]
+    screening = rank([trial(f"c{i}", 1.0 + 0.05 * i) for i in range(8)]
                      + [trial("naive", 20.0, Role.NAIVE), trial("auto", 0.5, Role.AUTOTUNE_DEFAULT)],
                      "time_to_train")
     assert race.racers(screening) == ["auto", "c0", "c1", "c2", "naive"]
@@ -125,9 +130,28 @@ def test_the_race_is_not_padded_with_a_candidate_screened_far_slower(objective):
     screening = rank([trial("fast", 1.0), trial("close", 1.1), trial("far", 7.0),
                       trial("naive", 15.0, Role.NAIVE)], objective)
     assert race.racers(screening) == ["fast", "close", "naive"]
-    near = rank([trial("fast", 1.0), trial("close", 1.1), trial("near", 1.4),
-                 trial("naive", 15.0, Role.NAIVE)], objective)
-    assert race.racers(near) == ["fast", "close", "near", "naive"]
+    noisy = rank([trial("fast", 1.0, spread=0.3), trial("close", 1.1), trial("far", 7.0),
+                  trial("naive", 15.0, Role.NAIVE)], objective)
+    assert race.racers(noisy) == ["fast", "close", "naive"]  # beyond PAD_WITHIN however noisy
+
+
+@pytest.mark.parametrize("objective", ["time_to_train", "throughput"])
+def test_how_far_behind_a_padded_candidate_may_be_follows_the_screening_noise(objective):
+    # Workloads 4 and 7: runners-up 1.3x behind in screening, with repeats within 3% of each
+    # other, were 1.3x behind in the race too; racing them bought nothing.
+    def screening(spread: float):
+        return rank([trial("fast", 1.0, spread=spread), trial("close", 1.1), trial("near", 1.35),
+                     trial("naive", 15.0, Role.NAIVE)], objective)
+    assert race.pad_band(screening(0.03).ranked) == race.PAD_FLOOR
+    assert race.racers(screening(0.03)) == ["fast", "close", "naive"]
+    # Train mode: repeats 15% apart, and a runner-up screened 1.35x behind the best won the race.
+    assert race.pad_band(screening(0.15).ranked) == pytest.approx(1.5, rel=0.02)
+    assert race.racers(screening(0.15)) == ["fast", "close", "near", "naive"]
+
+
+def test_no_measured_noise_pads_as_far_as_padding_goes():
+    one_repeat = [replace(t, repeats=t.repeats[:1]) for t in (trial("fast", 1.0), trial("near", 1.4))]
+    assert race.pad_band(rank(one_repeat, "time_to_train").ranked) == race.PAD_WITHIN
 
 
 def test_the_best_candidate_races_even_far_behind_a_reference():
