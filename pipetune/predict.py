@@ -55,6 +55,12 @@ from pipetune.spec import PipelineParams
 # and the fill epoch's rate against no cache at all (it copies or writes every element).
 DISK_CACHE_SHARE = 0.8
 FILL_SHARE = {"memory": 0.95, "disk": 0.9, "snapshot": 0.9}
+# Predicted gains closer than this are one prediction: each sweep predicts from its own
+# diagnosis, whose stage rates move by tens of percent between runs, so smaller differences
+# order by noise. Ordered to the 6th digit, one candidate of benchmark workload 6 (consumer-
+# bound: every gain ~1) came first in one sweep (0.9999995) and among the last in the next;
+# the two sweeps screened different variants and named different winners of a tie.
+RESOLUTION = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +112,27 @@ def by_gain(candidates: Sequence[Variant], gains: Mapping[str, float],
             reference: PipelineParams) -> list[Variant]:
     """The candidates, the highest predicted gain first.
 
-    Among equal predictions the order spreads out: next comes the variant that differs most
-    from ``reference`` (tf.data's AUTOTUNE pipeline, measured anyway) and from those already
-    ordered, so a budget that screens only the first few learns what the prediction cannot
-    tell apart, rather than measuring near-copies of the reference. Key order breaks the rest:
-    two sweeps of one spec measure the same variants first, whatever their seeds."""
+    Gains within ``RESOLUTION`` of each other are equal (see there). Among equal predictions
+    the order spreads out: next comes the variant that differs most from ``reference``
+    (tf.data's AUTOTUNE pipeline, measured anyway) and from those already ordered, so a budget
+    that screens only the first few learns what the prediction cannot tell apart, rather than
+    measuring near-copies of the reference. Key order breaks the rest: two sweeps of one spec
+    measure the same variants first, whatever their seeds."""
     def gain(variant: Variant) -> float:
-        return -float(f"{gains[variant.key]:.6g}")  # equal to 6 digits: equal
+        return -_gain_class(gains[variant.key])
 
     order: list[Variant] = []
     for _, group in itertools.groupby(sorted(candidates, key=lambda v: (gain(v), v.key)), key=gain):
         order += _spread(list(group), reference)
     return order
+
+
+def _gain_class(gain: float) -> float:
+    """Which step of ``RESOLUTION`` a gain falls in, counted from 1 (the reference's own gain
+    sits mid-step, so a variant predicted to tie it stays with it)."""
+    if not 0 < gain < math.inf:
+        return gain
+    return round(math.log(gain) / math.log(1 + RESOLUTION))
 
 
 def _spread(group: list[Variant], reference: PipelineParams) -> list[Variant]:
