@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +186,58 @@ def test_the_boundary_is_the_drain_and_restart_beyond_steady_steps():
     assert timing.boundary_ns == expected
     trial_steady = stats.median_iqr([r.wall_ns / len(r.step_ns) for r in timing.repeats])[0]
     assert trial_steady == 5 * MS
+
+
+class SlowToDeleteDataset:
+    """Epochs whose iterators note which thread deletes them. Deleted off the main thread, one
+    blocks until ``release`` is set, as a tf.data iterator's deletion can block for seconds."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch, self.created, self.deleted_on = steps_per_epoch, 0, []
+        self.release = threading.Event()
+
+    def __iter__(self) -> SlowToDeleteIterator:
+        self.created += 1
+        return SlowToDeleteIterator(self)
+
+
+class SlowToDeleteIterator:
+    def __init__(self, dataset: SlowToDeleteDataset) -> None:
+        self.dataset, self.left = dataset, dataset.steps_per_epoch
+
+    def __iter__(self) -> SlowToDeleteIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.left == 0:
+            raise StopIteration
+        self.left -= 1
+        return Batch(0, self.dataset.steps_per_epoch - self.left, 8)
+
+    def __del__(self) -> None:
+        on_main = threading.current_thread() is threading.main_thread()
+        if not on_main:
+            self.dataset.release.wait(10)
+        self.dataset.deleted_on.append("main" if on_main else "another thread")
+
+
+@pytest.mark.parametrize(("steps_per_epoch", "whole"), [(6, True), (1000, False)])
+def test_finished_iterators_are_deleted_off_the_bursts_path(steps_per_epoch, whole):
+    clock = ScriptedClock()
+    dataset = SlowToDeleteDataset(steps_per_epoch)
+    plan = BurstPlan(2, 3, 3, steps_per_epoch, fill_epoch=True, batch_size=8)
+    timing = run_burst(dataset, ScriptedConsumer(clock, 4 * MS), plan, clock=clock)
+    assert timing.whole_epochs is whole
+    # Returned while every deletion still blocks: none ran on the burst's thread.
+    assert dataset.deleted_on == []
+    dataset.release.set()
+    deadline = time.monotonic() + 10
+    while len(dataset.deleted_on) < dataset.created and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Whole: the fill's epoch, the warm-up's, 3 timed ones. Mid-epoch: the fill's, 3 windows'
+    # (the first after the warm-up), the boundary's next epoch.
+    assert dataset.created == 5
+    assert dataset.deleted_on == ["another thread"] * dataset.created
 
 
 def test_examples_and_cpu_are_counted_inside_the_windows_only():
