@@ -6,7 +6,7 @@ iterator. A timed window never straddles an epoch end: short epochs are timed wh
 one epoch); long ones in mid-epoch windows that skip the shuffle-buffer fill at an epoch's
 start and its drain at the end, plus one measurement of what an epoch boundary costs.
 
-A finished epoch's iterator is deleted on a thread of its own (``_Epoch.retire``), off the
+A finished epoch's iterator is deleted on a thread of its own (``Epoch.retire``), off the
 burst's path: with tf.data's AUTOTUNE on, deleting one can block for seconds.
 
 One clock (``time.perf_counter_ns``). Per step it records when the consumer asked for a
@@ -84,7 +84,7 @@ class _Stepper:
     batches_per_call: int = 1
     window_cpu_s: float = field(default=0.0)
 
-    def run(self, epoch: _Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
+    def run(self, epoch: Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
         """Up to ``number`` steps (None: to the epoch's end). Returns (timing or None when no
         step ran, whether the epoch ended)."""
         if self.batches_per_call > 1:
@@ -105,7 +105,7 @@ class _Stepper:
             examples += self.count(batch)  # after the step's timestamps: no timed span includes it
         return _timing(requests, waits, steps, examples), False
 
-    def _run_calls(self, epoch: _Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
+    def _run_calls(self, epoch: Epoch, number: int | None) -> tuple[RepeatTiming | None, bool]:
         """The same for a consumer that takes up to ``batches_per_call`` batches from the
         iterator in one call and says, per batch, how long it waited and stepped. What the
         call took beyond those (dispatch, the host sync) is its last step's; creating the
@@ -133,7 +133,7 @@ class _Stepper:
                 return _timing(requests, waits, steps, examples), True
         return _timing(requests, waits, steps, examples), False
 
-    def timed(self, epoch: _Epoch, number: int | None) -> RepeatTiming | None:
+    def timed(self, epoch: Epoch, number: int | None) -> RepeatTiming | None:
         cpu_before = self.cpu_clock()
         timing, _ = self.run(epoch, number)
         self.window_cpu_s += self.cpu_clock() - cpu_before
@@ -144,9 +144,9 @@ def _timing(requests: list[int], waits: list[int], steps: list[int], examples: i
     return RepeatTiming(tuple(requests), tuple(waits), tuple(steps), examples) if steps else None
 
 
-class _Epoch:
+class Epoch:
     """A fresh iterator over one epoch, created at its first use: its creation cost lands in
-    the first batch's wait, where an epoch start pays it."""
+    the first batch's wait, where an epoch start pays it. ``retire()`` when done with it."""
 
     def __init__(self, dataset: Iterable[Any]) -> None:
         self._dataset, self._iterator = dataset, None
@@ -192,7 +192,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: Bu
     """
     count = examples_in or (lambda batch: plan.batch_size)
     stepper = _Stepper(consume, clock, count, cpu_clock, plan.batches_per_call)
-    epoch = _Epoch(dataset)
+    epoch = Epoch(dataset)
     start = clock()
     stepper.run(epoch, 1)
     startup_ns = clock() - start
@@ -202,7 +202,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: Bu
         stepper.run(epoch, None)
         fill_ns, fill_cpu_s = clock() - fill_start, cpu_clock() - fill_cpu
         epoch.retire()
-        epoch = _Epoch(dataset)
+        epoch = Epoch(dataset)
     settled, ended = stepper.run(epoch, plan.settle_steps)
     whole = ended or _measure_whole_epochs(plan, settled, steps_done=0 if plan.fill_epoch else 1)
     if whole:
@@ -219,21 +219,21 @@ def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: Bu
                        tuple((r.start_ns, r.end_ns) for r in kept), stepper.window_cpu_s, fill_cpu_s)
 
 
-def _mid_epoch_windows(stepper: _Stepper, epoch: _Epoch, dataset: Iterable[Any],
-                       plan: BurstPlan) -> tuple[list[RepeatTiming | None], _Epoch]:
+def _mid_epoch_windows(stepper: _Stepper, epoch: Epoch, dataset: Iterable[Any],
+                       plan: BurstPlan) -> tuple[list[RepeatTiming | None], Epoch]:
     """The first window follows the warm-up; each later one gets a fresh iterator (no state
     carried from the previous window) and its own warm-up. Returns the last iterator too."""
     repeats = [stepper.timed(epoch, plan.steps)]
     for _ in range(plan.repeats - 1):
         epoch.retire()
-        epoch = _Epoch(dataset)
+        epoch = Epoch(dataset)
         stepper.run(epoch, plan.settle_steps)
         repeats.append(stepper.timed(epoch, plan.steps))
     return repeats, epoch
 
 
 def _timed_whole_epoch(stepper: _Stepper, dataset: Iterable[Any]) -> RepeatTiming | None:
-    epoch = _Epoch(dataset)
+    epoch = Epoch(dataset)
     timing = stepper.timed(epoch, None)
     epoch.retire()
     return timing
@@ -258,7 +258,7 @@ def _steady_step_ns(repeats: list[RepeatTiming | None]) -> float:
     return statistics.median(r.wall_ns / len(r.step_ns) for r in repeats if r is not None)
 
 
-def _boundary_ns(stepper: _Stepper, epoch: _Epoch, dataset: Iterable[Any], plan: BurstPlan,
+def _boundary_ns(stepper: _Stepper, epoch: Epoch, dataset: Iterable[Any], plan: BurstPlan,
                  steady_step_ns: float) -> int:
     """What an epoch boundary costs beyond steady steps, measured once: from the end of the
     last window through this epoch's end (the buffer's drain) and the next epoch's start
@@ -266,7 +266,7 @@ def _boundary_ns(stepper: _Stepper, epoch: _Epoch, dataset: Iterable[Any], plan:
     start = stepper.clock()
     tail, _ = stepper.run(epoch, None)
     epoch.retire()
-    next_epoch = _Epoch(dataset)
+    next_epoch = Epoch(dataset)
     head, _ = stepper.run(next_epoch, max(1, plan.settle_steps))
     span = stepper.clock() - start
     next_epoch.retire()

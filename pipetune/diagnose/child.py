@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipetune.burst import Epoch
 from pipetune.diagnose.measurements import (
     STEPS_PER_CALL,
     ConsumerLever,
@@ -147,7 +148,7 @@ def time_pass(dataset: Any, request: ChildRequest, parallelism: int) -> tuple[Pa
     Returns the timing and the mean bytes of one element.
     """
     chunk = chunk_size(_probe_seconds_per_element(dataset))
-    iterator = iter(sized(dataset).batch(chunk))
+    iterator = Epoch(sized(dataset).batch(chunk))
     next(iterator)
     count, total_bytes, chunks = 0, 0, []
     cpu_start, start = time.process_time(), time.perf_counter()
@@ -160,6 +161,7 @@ def time_pass(dataset: Any, request: ChildRequest, parallelism: int) -> tuple[Pa
         count += len(sizes)
         total_bytes += int(sizes.sum())
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    iterator.retire()
     median_wall, median_cpu = _median_chunk(chunks)
     timing = PassTiming(count, wall, cpu, parallelism, median_wall, median_cpu)
     return timing, total_bytes / max(count, 1)
@@ -237,11 +239,11 @@ def time_training(module: Any, request: ChildRequest) -> tuple[tuple[float, floa
     plain = model()
     step = _seconds_per_call(lambda: plain.train_on_batch(features, labels), request)
     double = (tf.concat([features, features], 0), tf.concat([labels, labels], 0))
-    repeated = iter(tf.data.Dataset.from_tensors((features, labels)).repeat())
+    repeated = Epoch(tf.data.Dataset.from_tensors((features, labels)).repeat())
     consume = multi_step_consumer(plain)
     trials = [("batch_size", 2 * batch, 2 * batch, 1, lambda: plain.train_on_batch(*double)),
               ("steps_per_execution", STEPS_PER_CALL, batch, STEPS_PER_CALL,
-               lambda: consume(repeated, STEPS_PER_CALL))]
+               lambda: consume(repeated.iterator(), STEPS_PER_CALL))]
     trials += [("jit_compile", not xla, batch, 1, _trainer(lambda: model(jit_compile=not xla), features, labels))]
     trials += [("precision", precision, batch, 1, _trainer(lambda p=precision: model(precision=p), features, labels))
                for precision in request.precisions]
@@ -254,6 +256,7 @@ def time_training(module: Any, request: ChildRequest) -> tuple[tuple[float, floa
             continue
         finally:
             keras.mixed_precision.set_global_policy("float32")
+    repeated.retire()
     return step, tuple(levers)
 
 
