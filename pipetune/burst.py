@@ -145,8 +145,9 @@ def _timing(requests: list[int], waits: list[int], steps: list[int], examples: i
 
 
 class Epoch:
-    """A fresh iterator over one epoch, created at its first use: its creation cost lands in
-    the first batch's wait, where an epoch start pays it. ``retire()`` when done with it."""
+    """A fresh iterator over one epoch (or over a repeated dataset, in the diagnosis), created
+    at its first use: its creation cost lands in the first batch's wait, where an epoch start
+    pays it. ``retire()`` when done with it."""
 
     def __init__(self, dataset: Iterable[Any]) -> None:
         self._dataset, self._iterator = dataset, None

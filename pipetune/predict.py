@@ -130,7 +130,9 @@ def by_gain(candidates: Sequence[Variant], gains: Mapping[str, float],
 def _gain_class(gain: float) -> float:
     """Which step of ``RESOLUTION`` a gain falls in, counted from 1 (the reference's own gain
     sits mid-step, so a variant predicted to tie it stays with it)."""
-    if not 0 < gain < math.inf:
+    if not gain > 0:  # zero or NaN: nothing to order by, last (log 0 would join the reference)
+        return -math.inf
+    if math.isinf(gain):
         return gain
     return round(math.log(gain) / math.log(1 + RESOLUTION))
 

@@ -179,6 +179,9 @@ def test_gains_closer_than_the_resolution_order_alike_in_two_sweeps() -> None:
     second = {v.key: 1.0 for v in candidates} | {candidates[3].key: 0.9999994, candidates[0].key: 1.01}
     assert predict.by_gain(candidates, first, AUTOTUNE) == predict.by_gain(candidates, second, AUTOTUNE)
     assert predict.by_gain(candidates, second | {candidates[1].key: 1.06}, AUTOTUNE)[0] == candidates[1]
+    # No usable prediction (a rate of 0, or NaN) comes after every real one, 0.5 included.
+    broken = second | {candidates[0].key: 0.0, candidates[2].key: float("nan"), candidates[1].key: 0.5}
+    assert predict.by_gain(candidates, broken, AUTOTUNE)[:2] == [candidates[3], candidates[1]]
 
 
 def test_a_trained_consumer_takes_each_lever_the_diagnosis_timed_and_orders_by_them() -> None:
