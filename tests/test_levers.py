@@ -248,9 +248,10 @@ def test_steps_per_execution_runs_up_to_n_steps_per_call_and_stamps_each(tf, tmp
     spec = make_spec(tmp_path, model={"builtin": "mlp"})
     model = build_model(spec, (4,), "float32", False)
     data = tf.data.Dataset.from_tensor_slices((tf.random.uniform((70, 4)), tf.zeros((70,), tf.int64))).batch(8)
+    model.train_on_batch = None  # a built model's first batch is traced in the loop, not here
     consume = multi_step_consumer(model)
     iterator = iter(data)  # 9 batches: 8 of 8 examples, 1 of 6
-    first = consume(iterator, 1)  # the first batch builds the optimiser through train_on_batch
+    first = consume(iterator, 1)
     before = [w.numpy().copy() for w in model.trainable_weights]
     calls = [consume(iterator, 4), consume(iterator, 4), consume(iterator, 4)]
     assert [len(records) for records in calls] == [4, 4, 0]
@@ -259,6 +260,24 @@ def test_steps_per_execution_runs_up_to_n_steps_per_call_and_stamps_each(tf, tmp
     assert [examples for _, _, examples in records] == [8] * 8 + [6]
     assert all(wait >= 0 and step > 0 for wait, step, _ in records)
     assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
+
+
+def test_steps_per_execution_builds_an_unbuilt_model_on_its_first_batch(tf):
+    """A model without variables yet (no input shape) gets them from its first batch, through
+    train_on_batch; the loop then trains it."""
+    import keras
+
+    from pipetune.burst import multi_step_consumer
+
+    model = keras.Sequential([keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    assert not model.built
+    data = tf.data.Dataset.from_tensor_slices((tf.ones((24, 4)), tf.zeros((24, 3)))).batch(8)
+    consume = multi_step_consumer(model)
+    iterator = iter(data)
+    records = consume(iterator, 1) + consume(iterator, 4)
+    assert [examples for _, _, examples in records] == [8, 8, 8]
+    assert int(model.optimizer.iterations.numpy()) == 3
 
 
 def test_steps_per_execution_needs_train_mode(tmp_path):
