@@ -128,6 +128,34 @@ def test_the_fill_is_the_rest_of_the_first_epoch_without_start_up():
     assert [b.index for b in consumer.consumed[:6]] == list(range(6)) and consumer.consumed[6].epoch == 1
 
 
+def test_a_short_fill_epoch_is_the_warm_up_of_whole_epochs():
+    """A cached variant whose fill epoch is short times whole epochs right after it: the fill
+    was its first epoch, as an uncached variant's warm-up epoch is."""
+    timing, consumer, dataset = burst(6, restart_ns=2 * MS, repeats=3, fill_epoch=True)
+    assert timing.whole_epochs and timing.fill_ns == 5 * (MS + 4 * MS)
+    assert dataset.epochs == 1 + 3
+    assert [len(r.step_ns) for r in timing.repeats] == [6, 6, 6]
+    assert [b.epoch for b in consumer.consumed] == [0] * 6 + [1] * 6 + [2] * 6 + [3] * 6
+
+
+def test_a_long_fill_leaves_the_choice_to_the_cached_rate():
+    """A fill slower than whole_epoch_s says nothing of the cached epoch's length: the warm-up
+    on the cache decides (here 100 steps of 5 ms read back: whole epochs)."""
+    clock = ScriptedClock()
+    filling = ScriptedDataset(clock, 100, wait_ns=lambda i: 40 * MS)  # 4.4 s to fill
+    cached = ScriptedDataset(clock, 100)
+    epochs = iter([filling, cached, cached, cached, cached])
+
+    class Cached:
+        def __iter__(self):
+            return iter(next(epochs))
+
+    plan = BurstPlan(2, 5, 2, 100, fill_epoch=True, batch_size=8)
+    timing = run_burst(Cached(), ScriptedConsumer(clock, 4 * MS), plan, clock=clock)
+    assert timing.fill_ns > 3e9 and timing.whole_epochs
+    assert cached.epochs == 1 + 2  # the warm-up's epoch, then 2 timed
+
+
 # --------------------------------------------------------------------------- windows and epochs
 
 
@@ -221,8 +249,8 @@ class SlowToDeleteIterator:
         self.dataset.deleted_on.append("main" if on_main else "another thread")
 
 
-@pytest.mark.parametrize(("steps_per_epoch", "whole"), [(6, True), (1000, False)])
-def test_finished_iterators_are_deleted_off_the_bursts_path(steps_per_epoch, whole):
+@pytest.mark.parametrize(("steps_per_epoch", "whole", "epochs"), [(6, True, 4), (1000, False, 5)])
+def test_finished_iterators_are_deleted_off_the_bursts_path(steps_per_epoch, whole, epochs):
     clock = ScriptedClock()
     dataset = SlowToDeleteDataset(steps_per_epoch)
     plan = BurstPlan(2, 3, 3, steps_per_epoch, fill_epoch=True, batch_size=8)
@@ -234,9 +262,9 @@ def test_finished_iterators_are_deleted_off_the_bursts_path(steps_per_epoch, who
     deadline = time.monotonic() + 10
     while len(dataset.deleted_on) < dataset.created and time.monotonic() < deadline:
         time.sleep(0.01)
-    # Whole: the fill's epoch, the warm-up's, 3 timed ones. Mid-epoch: the fill's, 3 windows'
-    # (the first after the warm-up), the boundary's next epoch.
-    assert dataset.created == 5
+    # Whole: the fill's epoch, 3 timed ones. Mid-epoch: the fill's, 3 windows' (the first
+    # after the warm-up), the boundary's next epoch.
+    assert dataset.created == epochs
     assert dataset.deleted_on == ["another thread"] * dataset.created
 
 
