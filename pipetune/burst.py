@@ -321,9 +321,10 @@ def multi_step_consumer(model: Any) -> CallConsumer:
 
     A built model's optimiser is built up front, as ``fit`` does (its slots cannot be created
     in the graph loop), so the first batch is traced once, in the loop: running it through
-    ``train_on_batch`` instead traced a second graph: 2.1 s more on resnet_small's first calls
-    under mixed_bfloat16, 2.8 s with XLA (2 cores). A model not yet built (a subclassed one) takes that way still: its first
-    batch through ``train_on_batch`` creates its variables."""
+    ``train_on_batch`` instead traced a second graph, 2.1 s more on resnet_small's first
+    calls under mixed_bfloat16 and 2.8 s with XLA (2 cores). A model not yet built (a
+    subclassed one) still takes that way: its first batch through ``train_on_batch`` creates
+    its variables."""
     import tensorflow as tf
 
     step = tf.function(model.train_step, reduce_retracing=True, jit_compile=bool(model.jit_compile))
