@@ -217,7 +217,8 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
 
 def measurements(outcome: SweepOutcome) -> int:
     """Trials a sweep ran: its screening (every variant it did not skip) and its race rounds."""
-    return sum(r.state is not TrialState.SKIPPED for r in outcome.results) + len(outcome.race)
+    return (sum(r.state is not TrialState.SKIPPED and r.race_round is None for r in outcome.results)
+            + len(outcome.race))
 
 
 CONSUMER_LEVERS = ("precision", "batch_size", "jit_compile", "steps_per_execution")
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_workload(workload, settings))
         print(f"    {rows[-1]['targets']} ({rows[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
         write_tables(rows, None, settings, time.time() - started)  # a cut-short run keeps its rows
-    overhead = measure_overhead(rounds=6 if args.quick else 10)
+    overhead = measure_overhead(rounds=6 if args.quick else 20)
     path = write_tables(rows, overhead, settings, time.time() - started)
     print(path.read_text())
     return 0

@@ -64,7 +64,8 @@ class ClaimBoard:
                  retry: storage.Retry = storage.Retry()) -> None:
         self.url, self.retry = storage_url, retry  # also what the search's own storage calls use
         self.engine = sa.create_engine(storage_url, **storage.engine_options(storage_url))
-        retry_schema_race(lambda: _METADATA.create_all(self.engine))
+        storage.call(lambda: retry_schema_race(lambda: _METADATA.create_all(self.engine)), storage_url,
+                     "creating the claims table", retry)
         self.study = study
         self.grace_s = grace_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -1,6 +1,6 @@
 """The final race: the verdict comes from a head-to-head, never from the screening numbers.
 
-After the search, the leaders and the references are measured again in interleaved rounds,
+After the search, the leaders are measured again beside the references in interleaved rounds,
 each variant in a fresh process, in a rotating order (ABCD, then BCDA, ...), so every round
 sees every variant under the same machine conditions. A variant's value in a round is its
 objective (the median over that measurement's repeats); speed-ups are paired within rounds
@@ -13,7 +13,8 @@ variants happen minutes apart, so machine drift enters every comparison.
 Who races: every candidate whose screening interval overlaps the leader's, padded to the top
 ``MIN_CANDIDATES`` with candidates screened close enough to the best candidate to tie it in a
 race (``pad_band``: how far apart this sweep's own screening noise can put two equal variants;
-at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. The race stops when
+at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. Only
+autotune-default is also screened (``race_only``); the others' first numbers are the race's. The race stops when
 the leader is separated from the runner-up, or at a round cap from the budget (at least
 ``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is claimed and stored in the study
 (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps the rounds already run and several
@@ -92,19 +93,30 @@ def decide_values(values: Mapping[str, Sequence[float]], objective: str) -> Race
     return decide(scored, objective)
 
 
-def racers(screening: Ranking) -> list[str]:
-    """Keys of the variants to race, in screening order: the leading candidates and the
-    references that have numbers."""
+def race_only(references: Sequence[Variant]) -> set[str]:
+    """Keys of the references the search leaves to the race: all but autotune-default.
+
+    A screening of theirs would add a fourth number to the three rounds they race anyway, and
+    naive's is often a sweep's slowest trial (18.6 s of workload 8's 140 s of tuning, 6.5 s of
+    workload 5's 79 s). Autotune-default is still screened first: the search needs a trial's
+    cost before it plans, and one completed trial before a run of failing candidates can be
+    read as a broken spec (earlystop.py)."""
+    return {v.key for v in references if v.role not in (Role.CANDIDATE, Role.AUTOTUNE_DEFAULT)}
+
+
+def racers(screening: Ranking, unscreened: Sequence[str] = ()) -> list[str]:
+    """Keys of the variants to race: the leading candidates and the references that have
+    numbers, in screening order, then the ``unscreened`` references."""
     ranked = screening.ranked
-    if not ranked:
-        return []
-    leader, band = ranked[0], pad_band(ranked)
-    candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
-    chosen = [r for i, r in enumerate(candidates)  # the best candidate (i = 0) always races
-              if i == 0 or _overlaps(r, leader)
-              or (i < MIN_CANDIDATES and _near(candidates[0], r, screening.objective, band))][:MAX_CANDIDATES]
-    references = [r for r in ranked if r.trial.role is not Role.CANDIDATE]
-    keys = [r.trial.key for r in ranked if r in chosen or r in references]
+    chosen: list[RankedTrial] = []
+    if ranked:
+        leader, band = ranked[0], pad_band(ranked)
+        candidates = [r for r in ranked if r.trial.role is Role.CANDIDATE]
+        chosen = [r for i, r in enumerate(candidates)  # the best candidate (i = 0) always races
+                  if i == 0 or _overlaps(r, leader)
+                  or (i < MIN_CANDIDATES and _near(candidates[0], r, screening.objective, band))][:MAX_CANDIDATES]
+    screened = [r.trial.key for r in ranked if r in chosen or r.trial.role is not Role.CANDIDATE]
+    keys = [*screened, *(key for key in unscreened if key not in screened)]
     return keys if len(keys) >= 2 else []
 
 
@@ -158,27 +170,54 @@ def round_cap(round_cost_s: float, remaining_s: float) -> int:
     return max(MIN_ROUNDS, min(MAX_ROUNDS, fits))
 
 
-def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking) -> list[TrialResult]:
-    """Race the leaders and the references of ``screening``; returns every race measurement."""
+def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking,
+        unscreened: Sequence[str] = ()) -> list[TrialResult]:
+    """Race the leaders and the references of ``screening`` and the ``unscreened``
+    references; returns every race measurement."""
     cost_s, remaining_s = _trial_cost_s(state), state.deadline - time.time()
-    keys = affordable([key for key in racers(screening) if key in variants], variants,
+    keys = affordable([key for key in racers(screening, unscreened) if key in variants], variants,
                       remaining_s // (MIN_ROUNDS * cost_s) if cost_s > 0 else len(variants))
     if len(keys) < 2:
         return []
     cap = round_cap(len(keys) * cost_s, remaining_s)
     state.on_event(SearchEvent("planned", planned=len(state.measured()) + cap * len(keys)))
+    round_s = len(keys) * cost_s
     for round_ in range(cap):
-        if decide(_scored(state), state.objective).separated:
+        # An unscreened reference that failed has no number to race with: it failed as a
+        # screening would have, and its failure stays in the race's records.
+        keys = [k for k in keys if k not in _failed_unscreened(state, unscreened)]
+        if len(keys) < 2 or decide(_scored(state), state.objective).separated:
             break
+        if round_ >= MIN_ROUNDS and time.time() + round_s > state.deadline:
+            break  # the cap came from screened trials' cost; the last round's own cost says more
+        started = time.time()
         for key in rotation(keys, round_):
             _measure_round(state, variants[key], round_)
         _wait_for_round(state, [variants[k] for k in keys], round_)
+        round_s = time.time() - started
     return race_results(state)
 
 
+def with_race_records(screened: Sequence[TrialResult], raced: Sequence[TrialResult]) -> list[TrialResult]:
+    """A sweep's results: the screened ones, and for each variant measured in the race only
+    (``race_only``), its first round's measurement as its record (a failed one with its reason)."""
+    have = {r.key for r in screened}
+    firsts: dict[str, TrialResult] = {}
+    for result in sorted(raced, key=lambda r: r.race_round or 0):
+        if result.key not in have:
+            firsts.setdefault(result.key, result)
+    return [*screened, *firsts.values()]
+
+
+def _failed_unscreened(state: SearchState, unscreened: Sequence[str]) -> set[str]:
+    """The unscreened references whose race measurements so far all failed."""
+    results = [r for r in race_results(state) if r.key in unscreened]
+    return {r.key for r in results} - {r.key for r in results if r.state is TrialState.COMPLETE}
+
+
 def race_results(state: SearchState) -> list[TrialResult]:
-    """Every stored race measurement, ordered by round and key."""
-    return stored_race(state.study.get_trials(deepcopy=False))
+    """Every stored race measurement, ordered by round and key (read with the storage's retries)."""
+    return stored_race(state.board.stored(lambda: state.study.get_trials(deepcopy=False), "reading the study"))
 
 
 def stored_race(trials: Sequence[optuna.trial.FrozenTrial]) -> list[TrialResult]:

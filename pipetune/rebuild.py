@@ -37,7 +37,7 @@ def document_from_study(folder: Path) -> dict[str, Any]:
     import optuna
 
     from pipetune import search
-    from pipetune.race import stored_race
+    from pipetune.race import stored_race, with_race_records
     from pipetune.serialize import trial_to_dict
 
     database = folder / STUDY_FILE
@@ -54,11 +54,12 @@ def document_from_study(folder: Path) -> dict[str, Any]:
     facts = summaries[-1].user_attrs[FACTS_ATTR]
     study = optuna.load_study(study_name=summaries[-1].study_name, storage=url)
     trials = study.get_trials(deepcopy=False)
-    results = search.finalize(search.stored_results(trials), {})
+    screened = search.finalize(search.stored_results(trials), {})
     raced = stored_race(trials)  # the verdict's data: without it the ranking would differ
+    results = with_race_records(screened, raced)
     return {
         "objective": facts["objective"], "strategy": facts["strategy"], "mode": facts["mode"],
-        "tuning_time_s": sum(r.trial_wall_s or 0.0 for r in [*results, *raced]),
+        "tuning_time_s": sum(r.trial_wall_s or 0.0 for r in [*screened, *raced]),
         "budget_s": facts["budget_s"],
         "stored": {"spec": facts["spec"], "base_dir": facts["base_dir"], "device": facts["device"],
                    "dropped": [], "trials": [trial_to_dict(r) for r in results],

@@ -96,8 +96,9 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
         candidates = predict.by_gain(candidates, predicted, autotune)
     budget = options.budget_s or spec.search.budget_s
     board = search.ClaimBoard(storage_url, name)
-    study = search.open_study(storage_url, name, objective)
-    remember(study, spec, mode, objective, options.strategy or spec.search.strategy, device, budget)
+    study = search.open_study(storage_url, name, objective, board.retry)
+    board.stored(lambda: remember(study, spec, mode, objective, options.strategy or spec.search.strategy,
+                                  device, budget), "recording the sweep")
     state = search.SearchState(
         study=study, board=board,
         measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
@@ -108,18 +109,23 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
     # A reference may also be a candidate (naive often is): its reference role wins.
     known = {v.key: v for v in [*candidates, *references]}
     used, stopped, raced = options.strategy or spec.search.strategy, None, []
+    unscreened = sorted(race.race_only(references)) if options.race else []
     try:
         used = search.run(state, used, references, candidates,
-                          race.reserve_trials(len(references)) if options.race else 0, predicted)
+                          race.reserve_trials(len(references)) if options.race else 0, predicted,
+                          unscreened)
         # The verdict comes from a head-to-head of the leaders and the references, not from
         # the screening numbers that chose the leaders (selection bias).
         if options.race:
-            raced = race.run(state, known, rank_sweep(spec, search.final_results(state), objective))
+            raced = race.run(state, known, rank_sweep(spec, search.final_results(state), objective),
+                             unscreened)
     except SweepStopped as stop:
         stopped = stop  # the outcome so far is still ranked and written
     finally:
         board.close()
-    results = search.final_results(state) + search.skipped_results(state, known)
+    for key in set(unscreened) - {r.key for r in raced}:
+        state.skipped.setdefault(key, "not run: measured in the final race only, which did not run")
+    results = race.with_race_records(search.final_results(state), raced) + search.skipped_results(state, known)
     ranking = rank_sweep(spec, results, objective, raced)
     outcome = SweepOutcome(spec, options.out_dir, used, mode, results, dropped, ranking, device,
                            time.time() - started, budget, diagnosis, tuple(raced))

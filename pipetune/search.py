@@ -7,7 +7,8 @@ Strategies:
   tpe      Optuna's TPE sampler proposes variants until the budget is spent.
   auto     grid when the valid space fits the budget, halving otherwise.
 
-The reference variants are always measured in full, first. The candidates follow in the
+The references are measured in full, first (but those ``unscreened``: the final race measures
+them, race.py). The candidates follow in the
 order the sweep's diagnosis predicts best first (predict.py), or a seeded random order without
 one; a budget too small for all measures the first of them, at least ``MIN_SCREENED``.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import optuna
@@ -96,21 +97,26 @@ def stored_results(trials: list[optuna.trial.FrozenTrial]) -> dict[tuple[str, in
     return found
 
 
-def open_study(storage_url: str, study_name: str, objective: str) -> optuna.Study:
+def open_study(storage_url: str, study_name: str, objective: str,
+               retry: storage.Retry = storage.Retry()) -> optuna.Study:
     direction = "maximize" if objective == "throughput" else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return retry_schema_race(lambda: optuna.create_study(
+    # Through an outage too: a worker whose start-up (the diagnosis) ran longer than another's
+    # first trials can meet one here, as a traceback before this wrapping.
+    return storage.call(lambda: retry_schema_race(lambda: optuna.create_study(
         storage=optuna.storages.RDBStorage(storage_url, engine_kwargs=storage.engine_options(storage_url)),
-        study_name=study_name, direction=direction, load_if_exists=True))
+        study_name=study_name, direction=direction, load_if_exists=True)), storage_url, "opening the study", retry)
 
 
 MIN_SCREENED = 3  # candidates measured even past the budget, as the references are
 
 
 def run(state: SearchState, strategy: str, references: list[Variant], candidates: list[Variant],
-        reserve_trials: int = 0, predicted: Mapping[str, float] | None = None) -> str:
+        reserve_trials: int = 0, predicted: Mapping[str, float] | None = None,
+        unscreened: Collection[str] = ()) -> str:
     """Measure the references, then the candidates by ``strategy``; ``reserve_trials`` full
-    trials of the budget are kept for what follows the search (the final race).
+    trials of the budget are kept for what follows the search (the final race), and the
+    references keyed in ``unscreened`` are left to it.
 
     ``predicted``: each candidate's predicted speed-up over autotune-default (predict.py),
     with ``candidates`` given best predicted first; a budget that fits only part of the space
@@ -122,8 +128,9 @@ def run(state: SearchState, strategy: str, references: list[Variant], candidates
     """
     reference_keys = {v.key for v in references}
     candidates = [v for v in candidates if v.key not in reference_keys]
-    state.on_event(SearchEvent("planned", planned=len(references)))
-    _measure_all(state, references, FULL_RUNG, ignore_budget=True)
+    screened = [v for v in references if v.key not in unscreened]
+    state.on_event(SearchEvent("planned", planned=len(screened)))
+    _measure_all(state, screened, FULL_RUNG, ignore_budget=True)
     order = candidates if predicted is not None else _seeded_order(candidates, state.seed)
     sample, guaranteed = "", 0
     if strategy == "auto":
@@ -143,7 +150,7 @@ def run(state: SearchState, strategy: str, references: list[Variant], candidates
             sample = f" over {which}"
         order = order[:count]
     promoted = round(len(order) * PROMOTE_FRACTION) if strategy == "halving" else 0
-    state.on_event(SearchEvent("planned", planned=len(references) + len(order) + promoted))
+    state.on_event(SearchEvent("planned", planned=len(screened) + len(order) + promoted))
     if strategy == "grid":
         _measure_all(state, order, FULL_RUNG, guaranteed=guaranteed)
     elif strategy == "halving":
@@ -190,8 +197,8 @@ class TrialCosts:
 
 
 def _costs_so_far(state: SearchState) -> TrialCosts:
-    """What a trial costs, as the median full trial so far took (one slow trial, a cache fill
-    or a slow reference, does not shrink the plan)."""
+    """What a trial costs, as the median full trial so far took (one slow trial, a cache
+    fill say, does not shrink the plan)."""
     walls, bursts, whole = [], [], False
     for (_, rung), result in state.results().items():
         if rung == FULL_RUNG and result.repeats:

@@ -173,3 +173,36 @@ def test_a_tight_budget_races_the_references_and_the_top_three_only():
     assert affordable(keys, variants, 0) == ["c0", "auto", "c1", "c2", "naive"]
     assert affordable(keys, variants, 5) == ["c0", "auto", "c1", "c2", "naive"]
     assert affordable(keys, variants, 6) == keys
+
+
+def test_only_autotune_default_is_screened_of_the_references():
+    from pipetune.space import Variant
+    from pipetune.spec import PipelineParams
+
+    references = [Variant(PipelineParams(batch_size=1), Role.NAIVE),
+                  Variant(PipelineParams(batch_size=2), Role.AUTOTUNE_DEFAULT),
+                  Variant(PipelineParams(batch_size=3), Role.BASELINE)]
+    assert race.race_only(references) == {references[0].key, references[2].key}
+
+
+def test_unscreened_references_race_after_the_screened_variants():
+    screening = rank([trial("c0", 1.0), trial("c1", 1.05), trial("auto", 2.0, Role.AUTOTUNE_DEFAULT)],
+                     "time_to_train")
+    assert race.racers(screening, ["naive", "baseline"]) == ["c0", "c1", "auto", "naive", "baseline"]
+    # Every candidate failed: autotune-default and naive still race, so the sweep has a verdict.
+    only_auto = rank([trial("auto", 2.0, Role.AUTOTUNE_DEFAULT)], "time_to_train")
+    assert race.racers(only_auto, ["naive"]) == ["auto", "naive"]
+    assert race.racers(rank([], "time_to_train"), ["naive"]) == []  # nothing to race it with
+
+
+def test_a_reference_measured_in_the_race_only_is_recorded_by_its_first_round():
+    screened = [trial("c0", 1.0), trial("auto", 2.0, Role.AUTOTUNE_DEFAULT)]
+    rounds = raced({"c0": [1.0, 1.1, 1.0], "auto": [2.0, 2.1, 2.0], "naive": [4.0, 4.4, 4.2]},
+                   {"auto": Role.AUTOTUNE_DEFAULT, "naive": Role.NAIVE})
+    results = race.with_race_records(screened, list(reversed(rounds)))
+    assert results[:2] == screened  # a screened variant keeps its screening record
+    (naive,) = results[2:]
+    assert (naive.key, naive.race_round, naive.role) == ("naive", 0, Role.NAIVE)
+    ranking = rank(results, "time_to_train", race=rounds)
+    assert [r.trial.key for r in ranking.ranked] == ["c0", "auto", "naive"]
+    assert {c.reference.trial.key: c.significant for c in ranking.comparisons} == {"auto": True, "naive": True}

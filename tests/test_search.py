@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,29 @@ def test_tpe_stops_at_the_budget_and_lists_the_rest_as_skipped(fake_search) -> N
     assert all("TPE" in r.reason for r in skipped)
 
 
+@pytest.mark.parametrize("naive_fails", [False, True])
+def test_naive_is_measured_in_the_race_only_and_a_failure_ends_its_race(fake_search, naive_fails) -> None:
+    naive = FAKE_REFERENCES[0]
+    measure = FakeMeasure()
+    failing = FakeMeasure()
+    state = fake_search(lambda variant, steps: (
+        replace(failing(variant, steps), state=TrialState.FAILED, reason="out of memory")
+        if naive_fails and variant.key == naive.key else measure(variant, steps)))
+    unscreened = sorted(race.race_only(FAKE_REFERENCES))
+    assert unscreened == [naive.key]
+    search.run(state, "grid", FAKE_REFERENCES, FAKE_CANDIDATES, race.reserve_trials(2), None, unscreened)
+    assert naive.key not in {key for key, _ in measure.calls}  # not screened
+    known = {v.key: v for v in [*FAKE_CANDIDATES, *FAKE_REFERENCES]}
+    rounds = race.run(state, known, rank(search.final_results(state), "throughput"), unscreened)
+    naive_rounds = [r.race_round for r in rounds if r.key == naive.key]
+    assert naive_rounds == ([0] if naive_fails else list(range(race.rounds_run(rounds))))
+    assert race.rounds_run(rounds) >= race.MIN_ROUNDS
+    (record,) = [r for r in race.with_race_records(search.final_results(state), rounds) if r.key == naive.key]
+    assert record.race_round == 0 and record.role is Role.NAIVE
+    assert (record.state, record.reason) == ((TrialState.FAILED, "out of memory") if naive_fails
+                                             else (TrialState.COMPLETE, ""))
+
+
 def test_a_variant_promoted_when_the_budget_runs_out_is_listed_once(fake_search) -> None:
     measure = FakeMeasure()
     state = fake_search(measure)
@@ -461,13 +485,16 @@ def results_of(attrs: list[dict[str, Any]], rung: int) -> dict[str, TrialResult]
 
 
 def assert_complete_once(db: Path, name: str, keys: set[str]) -> dict[tuple[str, int], str]:
-    """Every variant has exactly one full-rung result, complete; besides, only race rounds of
-    known variants are stored, each once, in rounds 0, 1, ... (at least race.MIN_ROUNDS)."""
+    """Every variant has exactly one full-rung result, complete, but naive, which races
+    unscreened; besides, only race rounds of known variants are stored, each once, in rounds
+    0, 1, ... (at least race.MIN_ROUNDS), naive's among them."""
     attrs = stored(db, name)
     pairs = by_pair(attrs)
-    assert set(pairs) == {(key, FULL_RUNG) for key in keys}
+    naive = {a["variant_key"] for a in attrs if a["role"] == Role.NAIVE.value}
+    assert len(naive) == 1 and naive < keys
+    assert set(pairs) == {(key, FULL_RUNG) for key in keys - naive}
     race_rounds = {(a["variant_key"], a["race_round"]) for a in attrs if a["rung"] == RACE_RUNG}
-    assert {key for key, _ in race_rounds} <= keys
+    assert {key for key, _ in race_rounds} <= keys and naive <= {key for key, _ in race_rounds}
     assert {r for _, r in race_rounds} == set(range(len({r for _, r in race_rounds})))
     assert len({r for _, r in race_rounds}) >= race.MIN_ROUNDS
     for key, result in results_of(attrs, FULL_RUNG).items():
@@ -646,7 +673,9 @@ def test_json_document_has_the_documented_schema(grid_sweep: SweepRun) -> None:
     rows = document["trials"]
     assert all(row["role"] in roles and row["state"] in states for row in rows)
     assert sorted(row["key"] for row in rows) == sorted(expected_keys(SLEEP_SPACE))
-    assert sorted(row["key"] for row in rows) == sorted(a["variant_key"] for a in screening(attrs))
+    # naive races unscreened: its row is its first race round
+    naive = [a["variant_key"] for a in attrs if a["role"] == Role.NAIVE.value and a["race_round"] == 0]
+    assert sorted(row["key"] for row in rows) == sorted([*(a["variant_key"] for a in screening(attrs)), *naive])
     assert {row["key"] for row in document["race"]} <= {row["key"] for row in rows}
     assert all(c["race_rounds"] >= race.MIN_ROUNDS for c in document["comparisons"])
     ranked = sorted((row for row in rows if row["rank"] is not None), key=lambda row: row["rank"])
@@ -680,7 +709,8 @@ def test_halving_finds_the_grid_winner_with_less_burst_time(
     short, full = results_of(halving_attrs, SHORT_RUNG), results_of(halving_attrs, FULL_RUNG)
     assert set(short) == candidates
     assert {r.budget_steps for r in short.values()} == {SLEEP_STEPS // 4}
-    assert references <= set(full)
+    screened = {row["key"] for row in grid_document["trials"] if row["role"] == "autotune-default"}
+    assert set(full) & references == screened  # naive races unscreened
     promoted = set(full) - references
     assert len(promoted) == round(len(candidates) * search.PROMOTE_FRACTION) == 1
     # promoted by the objective (auto: time to train over the default 30 epochs)

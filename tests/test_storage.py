@@ -18,7 +18,8 @@ import yaml
 
 import fake_search
 from fake_search import ALL_PAIRS, NO_WAIT, VARIANTS, new_state, stored_pairs
-from pipetune import cli, storage
+from pipetune import cli, search, storage
+from pipetune import claims as claims_module
 from pipetune.claims import ClaimBoard
 from pipetune.errors import StorageError, StorageLostError
 
@@ -196,6 +197,32 @@ def test_a_bad_statement_is_not_retried() -> None:
     with pytest.raises(sa.exc.ProgrammingError):
         storage.call(broken, "sqlite:///x.db", "reading", NO_WAIT)
     assert calls == [1]
+
+
+def test_a_worker_starting_during_an_outage_opens_its_study_when_the_storage_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A worker whose diagnosis ran longer than another's first trials met the outage here, and
+    # ended with a traceback.
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for module, name in ((optuna, "create_study"), (claims_module._METADATA, "create_all")):
+        # more failures than retry_schema_race's own 5 tries: the outage reaches storage.call
+        real, failures = getattr(module, name), iter([refused()] * 6)
+
+        def down_twice(*args: object, real=real, failures=failures, **kwargs: object) -> object:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, down_twice)
+    retry = storage.Retry((0.0,))
+    board = ClaimBoard(url, "s", retry=retry)
+    try:
+        study = search.open_study(url, "s", "throughput", retry)
+        assert study.study_name == "s" and board.try_claim("k", 1)
+    finally:
+        board.close()
+    assert "did not answer while opening the study" in capsys.readouterr().err
 
 
 # A search on SQLite whose storage calls fail on cue (fake_search: no TensorFlow).
