@@ -333,11 +333,14 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
     lines += ["", f"Repeatability: {met} of {len(rows)} workload pairs (target: at least 9 of 10). "
               f"Pick at least 97% of the oracle: {sum(r['pick_vs_oracle'] >= 0.97 for r in rows)} of "
               f"{len(rows)}. Workloads with an unconfirmed significant claim: {unconfirmed} (target: 0).",
-              *([] if overhead is None else ["", f"Monitor overhead ({overhead['rounds']} interleaved rounds of a GIL-holding Python "
-              f"workload, monitors on vs off): {overhead['overhead_ratio'] * 100:+.1f}% wall time "
+              *([] if overhead is None else ["", f"Monitor overhead: the sampler thread's own CPU while a GIL-holding "
+              f"Python workload ran: {_percent_or_unknown(overhead['sampler_cpu_fraction_loaded'])} of one core at "
+              f"{overhead['samples_per_second']:.0f} samples/s ({_percent_or_unknown(overhead['sampler_cpu_fraction'])} "
+              f"while idle); target: < 1%. The workload's wall time, monitors on vs off, paired in "
+              f"{overhead['rounds']} interleaved rounds: {overhead['overhead_ratio'] * 100:+.1f}% "
               f"(95% CI {overhead['overhead_ci95'][0] * 100:+.1f}% to {overhead['overhead_ci95'][1] * 100:+.1f}%); "
-              f"the sampler thread's own CPU use: {_percent_or_unknown(overhead['sampler_cpu_fraction'])} of one core at "
-              f"{overhead['samples_per_second']:.0f} samples/s. Target: < 1%."])]
+              "on these VMs monitored runs have run up to 10% faster, also in fresh processes, so the wall "
+              "time is shown but is not the check."])]
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
     return out / "benchmarks.md"
 
