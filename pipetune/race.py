@@ -13,9 +13,9 @@ variants happen minutes apart, so machine drift enters every comparison.
 Who races: every candidate whose screening interval overlaps the leader's, padded to the top
 ``MIN_CANDIDATES`` with candidates screened close enough to the best candidate to tie it in a
 race (``pad_band``: how far apart this sweep's own screening noise can put two equal variants;
-at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline. Only
-autotune-default is also screened (``race_only``); the others' first numbers are the race's. The race stops when
-the leader is separated from the runner-up, or at a round cap from the budget (at least
+at most ``MAX_CANDIDATES``), plus naive, autotune-default and the user's baseline (of the
+references only autotune-default is also screened: ``race_only``). The race stops when the
+leader is separated from the runner-up, or at a round cap from the budget (at least
 ``MIN_ROUNDS``, at most ``MAX_ROUNDS``). Every measurement is claimed and stored in the study
 (rung ``RACE_RUNG``, with its round), so ``--resume`` keeps the rounds already run and several
 workers can share a round.

@@ -7,10 +7,10 @@ Strategies:
   tpe      Optuna's TPE sampler proposes variants until the budget is spent.
   auto     grid when the valid space fits the budget, halving otherwise.
 
-The references are measured in full, first (but those ``unscreened``: the final race measures
-them, race.py). The candidates follow in the
-order the sweep's diagnosis predicts best first (predict.py), or a seeded random order without
-one; a budget too small for all measures the first of them, at least ``MIN_SCREENED``.
+The references are measured in full, first, but those ``unscreened`` (the final race measures
+them, race.py). The candidates follow in the order the sweep's diagnosis predicts best first
+(predict.py), or a seeded random order without one; a budget too small for all measures the
+first of them, at least ``MIN_SCREENED``.
 
 Each measurement is claimed in the study's database before it runs (``claims.py``), so
 workers sharing one storage URL split the work and never measure a variant twice; every
