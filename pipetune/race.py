@@ -100,8 +100,10 @@ def race_only(references: Sequence[Variant]) -> set[str]:
     naive's is often a sweep's slowest trial (18.6 s of workload 8's 140 s of tuning, 6.5 s of
     workload 5's 79 s). Autotune-default is still screened first: the search needs a trial's
     cost before it plans, and one completed trial before a run of failing candidates can be
-    read as a broken spec (earlystop.py)."""
-    return {v.key for v in references if v.role not in (Role.CANDIDATE, Role.AUTOTUNE_DEFAULT)}
+    read as a broken spec (earlystop.py); a baseline that is autotune-default's point is
+    screened as it."""
+    autotune = {v.key for v in references if v.role is Role.AUTOTUNE_DEFAULT}
+    return {v.key for v in references if v.role is not Role.CANDIDATE} - autotune
 
 
 def racers(screening: Ranking, unscreened: Sequence[str] = ()) -> list[str]:

@@ -183,6 +183,9 @@ def test_only_autotune_default_is_screened_of_the_references():
                   Variant(PipelineParams(batch_size=2), Role.AUTOTUNE_DEFAULT),
                   Variant(PipelineParams(batch_size=3), Role.BASELINE)]
     assert race.race_only(references) == {references[0].key, references[2].key}
+    # A user already on AUTOTUNE everywhere: the baseline is autotune-default's point.
+    same = [*references[:2], Variant(references[1].params, Role.BASELINE)]
+    assert race.race_only(same) == {references[0].key}
 
 
 def test_unscreened_references_race_after_the_screened_variants():
