@@ -185,10 +185,12 @@ def run(state: SearchState, variants: Mapping[str, Variant], screening: Ranking,
     state.on_event(SearchEvent("planned", planned=len(state.measured()) + cap * len(keys)))
     round_s = len(keys) * cost_s
     for round_ in range(cap):
+        so_far = race_results(state)  # one read of the study a round
         # An unscreened reference that failed has no number to race with: it failed as a
         # screening would have, and its failure stays in the race's records.
-        keys = [k for k in keys if k not in _failed_unscreened(state, unscreened)]
-        if len(keys) < 2 or decide(_scored(state), state.objective).separated:
+        keys = [k for k in keys if k not in _failed_unscreened(so_far, unscreened)]
+        scored = ranking.race_scores(so_far, [], state.objective, state.epochs)
+        if len(keys) < 2 or decide(scored, state.objective).separated:
             break
         if round_ >= MIN_ROUNDS and time.time() + round_s > state.deadline:
             break  # the cap came from screened trials' cost; the last round's own cost says more
@@ -211,9 +213,9 @@ def with_race_records(screened: Sequence[TrialResult], raced: Sequence[TrialResu
     return [*screened, *firsts.values()]
 
 
-def _failed_unscreened(state: SearchState, unscreened: Sequence[str]) -> set[str]:
+def _failed_unscreened(raced: Sequence[TrialResult], unscreened: Sequence[str]) -> set[str]:
     """The unscreened references whose race measurements so far all failed."""
-    results = [r for r in race_results(state) if r.key in unscreened]
+    results = [r for r in raced if r.key in unscreened]
     return {r.key for r in results} - {r.key for r in results if r.state is TrialState.COMPLETE}
 
 
@@ -227,10 +229,6 @@ def stored_race(trials: Sequence[optuna.trial.FrozenTrial]) -> list[TrialResult]
     found = [trial_from_json(t.user_attrs["result"]) for t in trials
              if t.user_attrs.get("rung") == RACE_RUNG and t.user_attrs.get("result")]
     return sorted(found, key=lambda r: (r.race_round or 0, r.key))
-
-
-def _scored(state: SearchState) -> list[RankedTrial]:
-    return ranking.race_scores(race_results(state), [], state.objective, state.epochs)
 
 
 def _trial_cost_s(state: SearchState) -> float:
