@@ -71,6 +71,12 @@ class BurstTiming:
     windows: tuple[tuple[int, int], ...]  # (start_ns, end_ns) of each timed repeat
     window_cpu_s: float = 0.0  # process CPU seconds spent inside the timed windows
     fill_cpu_s: float | None = None  # process CPU seconds of a cached variant's fill
+    cut_short: bool = False  # ``far_behind`` said so after the first repeat: the rest not run
+
+
+# Asked after the first timed repeat, with the timing so far (boundary 0: not measured yet):
+# True ends the burst's repeats there.
+FarBehind = Callable[[BurstTiming], bool]
 
 
 @dataclass
@@ -183,13 +189,14 @@ class Epoch:
 def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: BurstPlan,
               clock: Callable[[], int] = time.perf_counter_ns,
               examples_in: Callable[[Any], int] | None = None,
-              cpu_clock: Callable[[], float] = time.process_time) -> BurstTiming:
+              cpu_clock: Callable[[], float] = time.process_time,
+              far_behind: FarBehind | None = None) -> BurstTiming:
     """Drive ``consume`` with batches of ``dataset`` (``iter(dataset)`` = one epoch) and time it.
 
     Start-up is the first batch and its step, counted once for every variant. A cached
     variant's fill is the rest of its first epoch (start-up excluded). ``examples_in(batch)``
     counts a batch's examples (an epoch's last batch may be partial); without it every batch
-    counts ``plan.batch_size``.
+    counts ``plan.batch_size``. ``far_behind`` may end the repeats after the first.
     """
     count = examples_in or (lambda batch: plan.batch_size)
     stepper = _Stepper(consume, clock, count, cpu_clock, plan.batches_per_call)
@@ -215,29 +222,40 @@ def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: Bu
         whole = ended or _measure_whole_epochs(plan, settled, steps_done=0 if plan.fill_epoch else 1)
         if whole and not ended:
             stepper.run(epoch, None)  # the rest of this epoch, untimed: windows start at epochs
+    def timing(repeats: list[RepeatTiming | None], boundary_ns: int, cut_short: bool = False) -> BurstTiming:
+        kept = tuple(r for r in repeats if r is not None)
+        return BurstTiming(startup_ns, fill_ns, boundary_ns, whole, kept, tuple((r.start_ns, r.end_ns) for r in kept),
+                           stepper.window_cpu_s, fill_cpu_s, cut_short)
+
+    def stop_after(first: RepeatTiming | None) -> bool:
+        return far_behind is not None and first is not None and far_behind(timing([first], 0))
+
     if whole:
         epoch.retire()
-        repeats = [_timed_whole_epoch(stepper, dataset) for _ in range(plan.repeats)]
+        repeats = [_timed_whole_epoch(stepper, dataset)]
+        cut_short = stop_after(repeats[0])
+        repeats += [_timed_whole_epoch(stepper, dataset) for _ in range(0 if cut_short else plan.repeats - 1)]
         boundary_ns = 0
     else:
-        repeats, epoch = _mid_epoch_windows(stepper, epoch, dataset, plan)
+        repeats, epoch, cut_short = _mid_epoch_windows(stepper, epoch, dataset, plan, stop_after)
         boundary_ns = _boundary_ns(stepper, epoch, dataset, plan, _steady_step_ns(repeats))
-    kept = tuple(r for r in repeats if r is not None)
-    return BurstTiming(startup_ns, fill_ns, boundary_ns, whole, kept,
-                       tuple((r.start_ns, r.end_ns) for r in kept), stepper.window_cpu_s, fill_cpu_s)
+    return timing(repeats, boundary_ns, cut_short)
 
 
-def _mid_epoch_windows(stepper: _Stepper, epoch: Epoch, dataset: Iterable[Any],
-                       plan: BurstPlan) -> tuple[list[RepeatTiming | None], Epoch]:
+def _mid_epoch_windows(stepper: _Stepper, epoch: Epoch, dataset: Iterable[Any], plan: BurstPlan,
+                       stop_after: Callable[[RepeatTiming | None], bool],
+                       ) -> tuple[list[RepeatTiming | None], Epoch, bool]:
     """The first window follows the warm-up; each later one gets a fresh iterator (no state
-    carried from the previous window) and its own warm-up. Returns the last iterator too."""
+    carried from the previous window) and its own warm-up; none when ``stop_after`` the first.
+    Returns the last iterator too, and whether the windows were cut short."""
     repeats = [stepper.timed(epoch, plan.steps)]
-    for _ in range(plan.repeats - 1):
+    cut_short = stop_after(repeats[0])
+    for _ in range(0 if cut_short else plan.repeats - 1):
         epoch.retire()
         epoch = Epoch(dataset)
         stepper.run(epoch, plan.settle_steps)
         repeats.append(stepper.timed(epoch, plan.steps))
-    return repeats, epoch
+    return repeats, epoch, cut_short
 
 
 def _timed_whole_epoch(stepper: _Stepper, dataset: Iterable[Any]) -> RepeatTiming | None:

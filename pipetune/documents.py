@@ -17,7 +17,9 @@ from pipetune.space import describe
 from pipetune.spec import PipelineParams
 from pipetune.outcome import SweepOutcome
 
-SCHEMA_VERSION = 3  # 2: "diagnosis"; 3: every sweep's diagnosis (null only without one), "pick_predicted_rate"
+# 2: "diagnosis"; 3: every sweep's diagnosis (null only without one), "pick_predicted_rate";
+# 4: a trial's "cut_short"
+SCHEMA_VERSION = 4
 
 
 def trial_metrics(result: TrialResult, epochs: int) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def _row(result: TrialResult, ranked: RankedTrial | None, epochs: int) -> dict[s
         "objective_ci_low": ranked.ci_low if ranked else None,
         "objective_ci_high": ranked.ci_high if ranked else None,
         **trial_metrics(result, epochs),
-        "repeats": len(result.repeats), "steps_per_repeat": result.budget_steps,
+        "repeats": len(result.repeats), "cut_short": result.cut_short, "steps_per_repeat": result.budget_steps,
         "rung": result.rung,
         "cpu_percent": result.cpu_percent, "peak_rss_bytes": result.peak_rss_bytes,
         "gpu_memory_bytes": result.gpu_memory_bytes,

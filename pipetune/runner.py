@@ -101,7 +101,8 @@ def run_sweep(spec: Spec, options: SweepOptions, on_event: Event | None = None) 
                                   device, budget), "recording the sweep")
     state = search.SearchState(
         study=study, board=board,
-        measure=lambda variant, steps: measure_variant(spec, variant, steps, mode, layouts, options.out_dir),
+        measure=lambda variant, steps, best: measure_variant(spec, variant, steps, mode, layouts, options.out_dir,
+                                                             best_so_far=best),
         full_steps=spec.measure.steps, deadline=started + budget, objective=objective,
         epochs=spec.measure.epochs_planned, seed=options.seed if options.seed is not None else spec.search.seed,
         on_event=on_event or (lambda event: None),
@@ -171,13 +172,14 @@ class _Layout:
 
 
 def measure_variant(spec: Spec, variant: Variant, steps: int, mode: str, layouts: ShardLayouts,
-                    out_dir: Path, consumer_ceiling: bool = False) -> TrialResult:
-    """Measure one variant in its own process, as the sweep does."""
+                    out_dir: Path, consumer_ceiling: bool = False, best_so_far: float | None = None) -> TrialResult:
+    """Measure one variant in its own process, as the sweep does (``TrialRequest.best_so_far``)."""
     layout = layouts.get(variant.params.shards, variant.params.compression)
     request = TrialRequest(spec=spec, params=variant.params, role=variant.role, key=variant.key,
                            data=layout.data, num_examples=layout.num_examples, mode=mode,
                            warmup_steps=spec.measure.warmup_steps, steps=steps,
-                           repeats=spec.measure.repeats, consumer_ceiling=consumer_ceiling)
+                           repeats=spec.measure.repeats, consumer_ceiling=consumer_ceiling,
+                           best_so_far=best_so_far)
     scratch = out_dir / "scratch"
     scratch.mkdir(exist_ok=True)
     return run_trial(request, spec.measure.timeout_s, int(spec.resources.ram_budget_gb * 2**30), scratch,

@@ -41,7 +41,9 @@ RACE_RUNG = 2  # the final race's measurements (race.py), one per variant and ro
 SHORT_FRACTION = 1 / 4  # a short burst has a quarter of the full steps
 PROMOTE_FRACTION = 1 / 3
 
-Measure = Callable[[Variant, int], TrialResult]  # (variant, steps) -> result
+# (variant, steps, the best objective value so far or None) -> result; a variant far behind
+# that best runs one repeat (trial_request.FAR_BEHIND).
+Measure = Callable[[Variant, int, float | None], TrialResult]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +251,7 @@ def measure_one(state: SearchState, variant: Variant, rung: int, steps: int,
     state.on_event(SearchEvent("start", variant, rung))
     started = time.time()
     try:
-        result = state.measure(variant, steps)
+        result = state.measure(variant, steps, best_so_far(state))
     finally:
         state.board.beat_for(None)
     result = replace(result, role=variant.role, rung=rung, trial_wall_s=time.time() - started,
@@ -260,6 +262,17 @@ def measure_one(state: SearchState, variant: Variant, rung: int, steps: int,
     if result.state is TrialState.FAILED and race_round is None:
         stop_on_repeated_failure(state.study)  # raises SweepStopped: the rest would fail alike
     return True
+
+
+def best_so_far(state: SearchState) -> float | None:
+    """The best objective value stored by any measurement (screening or race), None before the first."""
+    def read() -> list[float]:
+        return [t.value for t in state.study.get_trials(deepcopy=False)
+                if "result" in t.user_attrs and t.value is not None]
+    values = state.board.stored(read, "reading the study")
+    if not values:
+        return None
+    return max(values) if state.objective == "throughput" else min(values)
 
 
 def _stored_ids(state: SearchState, retried: bool = True) -> set[tuple[str, int, int | None]]:

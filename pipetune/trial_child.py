@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.results import TrialResult, TrialState
-from pipetune.trial_request import TrialRequest
+from pipetune.trial_request import FAR_BEHIND, TrialRequest
 
 
 def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str],
@@ -120,7 +120,8 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         try:
             # Epoch by epoch (no ``repeat()``): the burst sees every epoch end.
-            timing = run_burst(dataset, consume, burst_plan, examples_in=_batch_examples)
+            timing = run_burst(dataset, consume, burst_plan, examples_in=_batch_examples,
+                               far_behind=_far_behind(request, burst_plan.steps_per_epoch))
         finally:
             whole = monitors.stop()
         burst_cpu_percent = 100 * (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
@@ -130,7 +131,7 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         key=request.key, role=request.role, params=params.model_dump(), state=TrialState.COMPLETE,
         batch_size=params.batch_size, steps_per_epoch=burst_plan.steps_per_epoch,
         startup_ns=timing.startup_ns, fill_ns=timing.fill_ns, boundary_ns=timing.boundary_ns,
-        whole_epochs=timing.whole_epochs, repeats=timing.repeats,
+        whole_epochs=timing.whole_epochs, repeats=timing.repeats, cut_short=timing.cut_short,
         cpu_s_per_example=_cpu_s_per_example(timing), fill_cpu_s=timing.fill_cpu_s,
         # Windows shorter than the sampling interval hold no sample: the whole burst's CPU then.
         cpu_percent=cpu_percent if cpu_percent is not None else burst_cpu_percent,
@@ -139,6 +140,27 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
         monitor=whole, environment=environment(request), budget_steps=request.steps,
         pipeline_source=plan.render(),
     )
+
+
+def _far_behind(request: TrialRequest, steps_per_epoch: int) -> Any:
+    """The burst's test after its first repeat (``burst.FarBehind``): is this variant, projected
+    with no epoch-boundary cost (not measured yet; optimistic), FAR_BEHIND times worse than the
+    best so far? None when the sweep has no best yet."""
+    if request.best_so_far is None:
+        return None
+    from pipetune.stats import speedup_of, trial_objective_value
+
+    best, measure = request.best_so_far, request.spec.measure
+
+    def check(timing: Any) -> bool:
+        so_far = TrialResult(key=request.key, role=request.role, params={}, state=TrialState.COMPLETE,
+                             steps_per_epoch=steps_per_epoch, startup_ns=timing.startup_ns,
+                             fill_ns=timing.fill_ns, repeats=timing.repeats)
+        value = trial_objective_value(so_far, measure.resolved_objective, measure.epochs_planned)
+        (speedup,) = speedup_of([best], [value], measure.resolved_objective)
+        return speedup >= FAR_BEHIND
+
+    return check
 
 
 def _batch_examples(batch: Any) -> int:

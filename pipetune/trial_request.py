@@ -13,6 +13,13 @@ from pipetune.results import Role, TrialResult, TrialState
 from pipetune.spec import PipelineParams, Spec
 
 
+# A variant this many times worse than the best so far is measured on one repeat: the repeats
+# sharpen its number, and no verdict rests on its exact value (candidates race only within
+# race.PAD_WITHIN of the best; a reference's speed-up is paired over race rounds). Workload 8
+# of the benchmark spent 93 of 115 s of trials on naive and autotune-default, 5-10x behind.
+FAR_BEHIND = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class TrialRequest:
     """Everything a child process needs to measure one variant. Picklable."""
@@ -30,6 +37,9 @@ class TrialRequest:
     monitor_interval_s: float = 0.05
     # Measure the consumer alone on one batch held in memory: the physical limit of the step.
     consumer_ceiling: bool = False
+    # The best objective value measured so far in the sweep: a variant whose first repeat,
+    # projected optimistically, is FAR_BEHIND times worse or more runs no other repeat.
+    best_so_far: float | None = None
 
 
 def failed(request: TrialRequest, reason: str, **measured: object) -> TrialResult:

@@ -29,7 +29,7 @@ def new_state(url: str, calls: list[str], study: str = "s", retry: storage.Retry
               grace_s: float = 60.0) -> search.SearchState:
     """A worker's search state; every measurement it makes is appended to ``calls``."""
 
-    def counted(variant: Variant, steps: int) -> TrialResult:
+    def counted(variant: Variant, steps: int, best_so_far: float | None) -> TrialResult:
         calls.append(variant.key)
         return measure(variant, steps)
 

@@ -95,7 +95,7 @@ class ScriptedCallConsumer(ScriptedConsumer):
 def burst(steps_per_epoch: int, *, step_ns: int = 4 * MS, wait_ns=lambda i: MS, restart_ns: int = 0,
           warmup_steps: int = 2, steps: int = 3, repeats: int = 2, fill_epoch: bool = False,
           shuffle_buffer: int = 0, whole_epoch_s: float = 3.0, last_size: int | None = None,
-          batches_per_call: int = 1, call_ns: int = 0):
+          batches_per_call: int = 1, call_ns: int = 0, far_behind=None):
     clock = ScriptedClock()
     dataset = ScriptedDataset(clock, steps_per_epoch, wait_ns, restart_ns, last_size=last_size)
     consumer = (ScriptedCallConsumer(clock, step_ns, call_ns) if batches_per_call > 1
@@ -105,7 +105,7 @@ def burst(steps_per_epoch: int, *, step_ns: int = 4 * MS, wait_ns=lambda i: MS, 
                      batches_per_call=batches_per_call)
     cpu = iter(range(10**6))  # a CPU clock that ticks one second per reading
     timing = run_burst(dataset, consumer, plan, clock=clock, examples_in=lambda b: b.size,
-                       cpu_clock=lambda: float(next(cpu)))
+                       cpu_clock=lambda: float(next(cpu)), far_behind=far_behind)
     return timing, consumer, dataset
 
 
@@ -188,6 +188,32 @@ def test_long_epochs_are_timed_in_mid_epoch_windows_with_a_fresh_iterator_each()
     epochs_of = [b.epoch for b in consumer.consumed]
     assert epochs_of[5:15] == [0] * 10  # repeat 1: batches 5-14 of epoch 0
     assert consumer.consumed[15] == Batch(1, 0, 8)  # a fresh iterator, not batch 15 of epoch 0
+
+
+class FarBehindAnswer:
+    """A ``far_behind`` test that answers ``answer`` and keeps what it was shown."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer, self.shown = answer, []
+
+    def __call__(self, timing) -> bool:
+        self.shown.append(timing)
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [True, False])
+@pytest.mark.parametrize("steps_per_epoch", [6, 1000])  # whole epochs; mid-epoch windows
+def test_far_behind_after_the_first_repeat_ends_the_repeats(answer, steps_per_epoch):
+    far_behind = FarBehindAnswer(answer)
+    timing, _, dataset = burst(steps_per_epoch, steps=10, repeats=3, restart_ns=3 * MS, far_behind=far_behind)
+    assert timing.whole_epochs == (steps_per_epoch == 6)
+    (shown,) = far_behind.shown  # asked once, after the first repeat, with it alone
+    assert shown.repeats == timing.repeats[:1] and shown.boundary_ns == 0
+    assert shown.startup_ns == timing.startup_ns
+    assert len(timing.repeats) == (1 if answer else 3) and timing.cut_short == answer
+    assert dataset.epochs == (2 if answer else 4)  # warm-up epoch, or the boundary's, plus one each
+    if not timing.whole_epochs:
+        assert timing.boundary_ns == 3 * MS  # measured even when cut: the projection needs it
 
 
 def test_warm_up_covers_the_shuffle_buffer_fill():

@@ -325,7 +325,7 @@ def test_a_server_that_stays_down_stops_the_search_and_resume_completes(
     calls: list[str] = []
     state = fake_search.new_state(cluster.url, calls, study="gives-up", retry=storage.Retry((0.2, 0.2)))
 
-    def measure_then_stop(variant: Any, steps: int) -> Any:
+    def measure_then_stop(variant: Any, steps: int, best_so_far: float | None) -> Any:
         result = fake_search.measure(variant, steps)
         calls.append(variant.key)
         if len(calls) == 2:

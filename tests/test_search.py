@@ -115,10 +115,12 @@ class FakeMeasure:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.bests: list[float | None] = []  # the best value so far the search passed, per call
         self.after: Callable[[], None] = lambda: None
 
-    def __call__(self, variant: Variant, steps: int) -> TrialResult:
+    def __call__(self, variant: Variant, steps: int, best_so_far: float | None = None) -> TrialResult:
         self.calls.append((variant.key, steps))
+        self.bests.append(best_so_far)
         result = fake_result(variant, steps, 100.0 * variant.params.map_parallel)
         self.after()
         return result
@@ -166,6 +168,18 @@ def test_grid_measures_each_variant_once_and_a_rerun_measures_nothing(fake_searc
     search.run(state, "grid", FAKE_REFERENCES, FAKE_CANDIDATES)
     assert again.calls == []
     assert sorted(r.key for r in listed(state)) == sorted(keys)
+
+
+def test_each_measurement_is_told_the_best_value_stored_before_it(fake_search) -> None:
+    """What trial_request.FAR_BEHIND is judged against: the best objective so far, None first."""
+    measure = FakeMeasure()
+    search.run(fake_search(measure), "grid", FAKE_REFERENCES, FAKE_CANDIDATES)
+    rate = {v.key: 100.0 * v.params.map_parallel for v in [*FAKE_REFERENCES, *FAKE_CANDIDATES]}
+    best, expected = None, []
+    for key, _ in measure.calls:
+        expected.append(best)
+        best = max(best or 0.0, rate[key])
+    assert measure.bests == pytest.approx(expected) and expected[0] is None and best == 600.0
 
 
 def test_auto_says_when_the_budget_fits_only_a_sample(fake_search) -> None:
@@ -258,7 +272,7 @@ def test_naive_is_measured_in_the_race_only_and_a_failure_ends_its_race(fake_sea
     naive = FAKE_REFERENCES[0]
     measure = FakeMeasure()
     failing = FakeMeasure()
-    state = fake_search(lambda variant, steps: (
+    state = fake_search(lambda variant, steps, best: (
         replace(failing(variant, steps), state=TrialState.FAILED, reason="out of memory")
         if naive_fails and variant.key == naive.key else measure(variant, steps)))
     unscreened = sorted(race.race_only(FAKE_REFERENCES))
@@ -635,7 +649,7 @@ JSON_SCHEMA: dict[str, Any] = {
 # What the document's trial rows hold beyond the README's summary of them.
 TRIAL_ROW_DETAILS = {"description": str, "objective_median": OPTIONAL_NUMBER,
                      "throughput_median": OPTIONAL_NUMBER, "input_wait_fraction": OPTIONAL_NUMBER,
-                     "repeats": int, "steps_per_repeat": int}
+                     "repeats": int, "cut_short": bool, "steps_per_repeat": int}
 
 
 def schema_problems(value: Any, schema: Any, where: str = "$") -> list[str]:
@@ -661,7 +675,7 @@ def test_json_document_has_the_documented_schema(grid_sweep: SweepRun) -> None:
     document, attrs = grid_sweep
     assert schema_problems(document, JSON_SCHEMA) == []
     assert schema_problems(document["trials"], [TRIAL_ROW_DETAILS], "$.trials") == []
-    assert document["schema_version"] == 3
+    assert document["schema_version"] == 4
     # Every sweep diagnoses first; a hand-listed space keeps its space (no "space" key).
     diagnosis = document["diagnosis"]
     assert diagnosis["bottleneck"]["kind"] and "space" not in diagnosis

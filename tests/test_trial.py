@@ -11,6 +11,7 @@ by fixtures and shared by the tests that read them; keep their number small. The
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def data_layout(spec: Spec, params: PipelineParams, root: Path) -> tuple[DataLay
 def measure(spec: Spec, params: PipelineParams, root: Path, *, key: str,
             role: Role = Role.CANDIDATE, warmup_steps: int = 2, steps: int = 4, repeats: int = 3,
             timeout_s: float = TIMEOUT_S, ram_budget_bytes: int = RAM_BUDGET_BYTES,
-            layout: DataLayout | None = None, mode: str = "simulate") -> TrialResult:
+            layout: DataLayout | None = None, mode: str = "simulate",
+            best_so_far: float | None = None) -> TrialResult:
     """One trial of ``params`` in a child process; shards live under ``root / "shards"``."""
     if layout is None:
         layout, num_examples = data_layout(spec, params, root / "shards")
@@ -84,7 +86,7 @@ def measure(spec: Spec, params: PipelineParams, root: Path, *, key: str,
         num_examples = spec.source.num_examples
     request = TrialRequest(spec=spec, params=params, role=role, key=key, data=layout,
                            num_examples=num_examples, mode=mode, warmup_steps=warmup_steps,
-                           steps=steps, repeats=repeats)
+                           steps=steps, repeats=repeats, best_so_far=best_so_far)
     work = root / "work"
     work.mkdir(exist_ok=True)
     return run_trial(request, timeout_s, ram_budget_bytes, work)
@@ -220,6 +222,41 @@ def test_throughput_counts_the_examples_of_a_partial_last_batch(input_bound):
     assert [r.examples for r in sequential.repeats] == [INPUT_BOUND_EXAMPLES] * 3
     ceiling = 1000.0 / SLEEP_MS
     assert max(stats.repeat_throughputs(sequential)) <= ceiling
+
+
+def test_a_variant_far_behind_the_best_so_far_runs_one_repeat(tmp_path):
+    """Sequential 10 ms per element: 41 examples an epoch are >= 0.41 s, 30 epochs >= 12 s
+    projected; the sweep's best so far is 1 s, at least 12x better (FAR_BEHIND is 2)."""
+    spec = spec_with({"sleep": {"ms": SLEEP_MS}}, step_time_ms=1, num_examples=INPUT_BOUND_EXAMPLES)
+    assert spec.measure.resolved_objective == "time_to_train" and spec.measure.epochs_planned == 30
+    trial = measure(spec, PipelineParams(batch_size=8, map_parallel=1, prefetch=0), tmp_path,
+                    key="far-behind", steps=6, repeats=3, best_so_far=1.0)
+    assert_complete(trial)
+    assert len(trial.repeats) == 1 and trial.cut_short
+    assert trial_from_json(trial_to_json(trial)).cut_short
+
+
+@pytest.mark.parametrize(("objective", "best", "cut"), [
+    ("throughput", 1700.0, True), ("throughput", 1500.0, False),  # this variant: 800 examples/s
+    ("time_to_train", 0.45, True), ("time_to_train", 0.55, False),  # this variant: 0.99 s
+])
+def test_far_behind_is_a_factor_of_two_behind_the_best_in_the_objectives_direction(objective, best, cut):
+    from pipetune.burst import BurstTiming
+    from pipetune.results import RepeatTiming
+    from pipetune.trial_child import _far_behind
+
+    spec = make_spec(USERFNS, measure={"mode": "simulate", "objective": objective, "epochs_planned": 10},
+                     model={"step_time_ms": 10})
+    request = TrialRequest(spec=spec, params=PipelineParams(batch_size=8), role=Role.CANDIDATE, key="k",
+                           data=DataLayout("x", "none", {}), num_examples=80, mode="simulate",
+                           warmup_steps=1, steps=10, repeats=3, best_so_far=best)
+    # One window of 10 steps of 10 ms, 8 examples each: 800 examples/s; an epoch (10 steps)
+    # 0.1 s, so 10 epochs project to 0.99 s (start-up, which holds the first step, is 0).
+    window = RepeatTiming(tuple(i * 10 * MS for i in range(10)), (0,) * 10, (10 * MS,) * 10, examples=80)
+    first = BurstTiming(startup_ns=0, fill_ns=None, boundary_ns=0, whole_epochs=True, repeats=(window,),
+                        windows=((window.start_ns, window.end_ns),))
+    assert _far_behind(request, steps_per_epoch=10)(first) is cut
+    assert _far_behind(replace(request, best_so_far=None), steps_per_epoch=10) is None
 
 
 def test_a_consumer_bound_pipeline_is_not_input_bound(consumer_bound):
