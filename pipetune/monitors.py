@@ -69,16 +69,21 @@ class _HostSampler:
 
     def __init__(self) -> None:
         self._process = psutil.Process()
+        self._cpu_at = (0, 0)  # (perf_counter_ns, process_time_ns) at the previous reading
 
     def prime(self) -> None:
+        self._cpu_at = (time.perf_counter_ns(), time.process_time_ns())
         # cpu_percent(None) measures since the previous call; psutil keeps that state per thread.
-        self._process.cpu_percent(None)
         psutil.cpu_percent(None, percpu=True)
 
     def poll(self, log: _SampleLog, clock: Clock) -> None:
-        with self._process.oneshot():
-            process_cpu = self._process.cpu_percent(None)  # all threads; 100 = one core
-            rss = self._process.memory_info().rss
+        # The process' CPU (all threads; 100 = one core) from its own CPU clock, not psutil's
+        # Process.cpu_percent: no /proc file read (each costs ~0.15 ms in the sampler thread,
+        # most of its cost), and nanoseconds, not /proc's 10 ms ticks (a fifth of an interval).
+        wall_ns, cpu_ns = time.perf_counter_ns(), time.process_time_ns()
+        process_cpu = 100 * (cpu_ns - self._cpu_at[1]) / max(1, wall_ns - self._cpu_at[0])
+        self._cpu_at = (wall_ns, cpu_ns)
+        rss = self._process.memory_info().rss
         per_core = psutil.cpu_percent(None, percpu=True)
         now = clock()
         log.add(now, "host.process_cpu_percent", process_cpu)
