@@ -222,6 +222,7 @@ def run_burst(dataset: Iterable[Any], consume: Consumer | CallConsumer, plan: Bu
         whole = ended or _measure_whole_epochs(plan, settled, steps_done=0 if plan.fill_epoch else 1)
         if whole and not ended:
             stepper.run(epoch, None)  # the rest of this epoch, untimed: windows start at epochs
+
     def timing(repeats: list[RepeatTiming | None], boundary_ns: int, cut_short: bool = False) -> BurstTiming:
         kept = tuple(r for r in repeats if r is not None)
         return BurstTiming(startup_ns, fill_ns, boundary_ns, whole, kept, tuple((r.start_ns, r.end_ns) for r in kept),

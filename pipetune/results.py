@@ -94,8 +94,8 @@ class TrialResult:
     boundary_ns: int | None = None
     whole_epochs: bool = False  # each repeat is one whole epoch from a fresh iterator
     repeats: tuple[RepeatTiming, ...] = ()
-    # Its first repeat was far behind the best measured so far (search.FAR_BEHIND): the other
-    # repeats were not run.
+    # Its first repeat was far behind the sweep's best so far (trial_request.FAR_BEHIND): the
+    # other repeats were not run.
     cut_short: bool = False
     cpu_percent: float | None = None  # process CPU% over the timed windows (100 = one core)
     # Process CPU seconds per example over the timed windows: what a tie is broken by (a rate

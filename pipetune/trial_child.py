@@ -15,10 +15,13 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipetune.results import TrialResult, TrialState
 from pipetune.trial_request import FAR_BEHIND, TrialRequest
+
+if TYPE_CHECKING:
+    from pipetune.burst import BurstTiming, FarBehind
 
 
 def child_main(request: TrialRequest, scratch: str, sender: Any, environ: dict[str, str],
@@ -142,7 +145,7 @@ def measure(request: TrialRequest, scratch: Path) -> TrialResult:
     )
 
 
-def _far_behind(request: TrialRequest, steps_per_epoch: int) -> Any:
+def _far_behind(request: TrialRequest, steps_per_epoch: int) -> FarBehind | None:
     """The burst's test after its first repeat (``burst.FarBehind``): is this variant, projected
     with no epoch-boundary cost (not measured yet; optimistic), FAR_BEHIND times worse than the
     best so far? None when the sweep has no best yet."""
@@ -152,7 +155,7 @@ def _far_behind(request: TrialRequest, steps_per_epoch: int) -> Any:
 
     best, measure = request.best_so_far, request.spec.measure
 
-    def check(timing: Any) -> bool:
+    def check(timing: BurstTiming) -> bool:
         so_far = TrialResult(key=request.key, role=request.role, params={}, state=TrialState.COMPLETE,
                              steps_per_epoch=steps_per_epoch, startup_ns=timing.startup_ns,
                              fill_ns=timing.fill_ns, repeats=timing.repeats)
