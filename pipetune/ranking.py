@@ -67,6 +67,12 @@ class RankedTrial:
     def raced(self) -> bool:
         return bool(self.rounds)
 
+    @property
+    def one_repeat(self) -> bool:
+        """Ranked on one screening repeat: 2x or more behind the sweep's best after its first,
+        it ran no other (trial_request.FAR_BEHIND); a raced trial is ranked on its rounds."""
+        return self.trial.cut_short and not self.raced
+
 
 @dataclass(frozen=True, slots=True)
 class Comparison:

@@ -441,3 +441,26 @@ def test_the_ranking_says_where_the_final_race_ends(tmp_path):
     assert ranking_legend(with_race.ranking.ranked)[1].startswith("from row 3 on: measured in screening only")
     assert "screening only" not in render_report(plain, best_code="x = 1\n")
     assert len(ranking_legend(plain.ranking.ranked)) == 1
+
+
+def test_a_variant_ranked_on_one_repeat_is_marked_in_the_report_and_the_terminal(tmp_path):
+    """A screening-only row cut short after its first repeat says so (its interval is one
+    value); a raced one is ranked on its rounds and is not marked."""
+    from pipetune.commands.sweep import ranking_legend
+    from pipetune.ranking import rank
+
+    trials = references_sweep()
+    naive = dataclasses.replace(trials[1], repeats=trials[1].repeats[:1], cut_short=True)
+    trials[1] = naive
+    outcome = make_outcome(tmp_path, trials)
+    assert [r.trial.key for r in outcome.ranking.ranked if r.one_repeat] == ["naive"]
+    html = render_report(outcome, best_code="x = 1\n")
+    assert html.count("one repeat *") == 1 and "* One repeat: 2× or more behind the sweep's best" in html
+    assert ranking_legend(outcome.ranking.ranked)[-1].startswith("* : one repeat")
+
+    raced = [dataclasses.replace(t, race_round=r, rung=2) for t in (trials[0], naive) for r in (1, 2, 3)]
+    with_race = dataclasses.replace(outcome, ranking=rank(trials, "throughput", epochs=10, race=raced),
+                                    race=tuple(raced))
+    assert not any(r.one_repeat for r in with_race.ranking.ranked)
+    assert "one repeat *" not in render_report(with_race, best_code="x = 1\n")
+    assert not any(line.startswith("* :") for line in ranking_legend(with_race.ranking.ranked))

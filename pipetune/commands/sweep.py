@@ -218,7 +218,8 @@ def _print_summary(console: Console, outcome, paths: dict) -> None:
         table.add_row(str(ranked.position), "=" if ranked.tied_with_previous else "",
                       trial.role.value if trial.role.value != "candidate" else trial.key[:8],
                       *(_compact(trial.params[c]) for c in columns),
-                      f"{ranked.median:.1f}", f"{ranked.ci_low:.1f}–{ranked.ci_high:.1f}",
+                      f"{ranked.median:.1f}" + (" *" if ranked.one_repeat else ""),
+                      f"{ranked.ci_low:.1f}–{ranked.ci_high:.1f}",
                       f"{wait:.0%}", f"{trial.cpu_percent:.0f}" if trial.cpu_percent is not None else "–")
     console.print(table)
     for line in ranking_legend(shown):
@@ -247,6 +248,9 @@ def ranking_legend(shown) -> list[str]:
         lines.append(f"from row {screened} on: measured in screening only, not in the final "
                      "race; the race alone ranks the rows above, and a screening time is not "
                      "comparable with theirs")
+    if any(r.one_repeat for r in shown):
+        lines.append("* : one repeat: 2x or more behind the sweep's best after its first, so its "
+                     "other repeats were not run (its interval is that one value)")
     return lines
 
 

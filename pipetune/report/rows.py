@@ -65,6 +65,7 @@ class RankRow:
     peak_rss_bytes: int | None
     gpu_memory_bytes: int | None
     repeats: int
+    one_repeat: bool  # RankedTrial.one_repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ def rank_row(ranked: RankedTrial, varying: Sequence[str], winner_key: str | None
         objective_ci_high=ranked.ci_high, time_to_train_s=time_to_train_s(trial, epochs),
         input_wait_fraction=stats.trial_wait_fraction(trial), cpu_percent=trial.cpu_percent,
         peak_rss_bytes=trial.peak_rss_bytes, gpu_memory_bytes=trial.gpu_memory_bytes,
-        repeats=len(trial.repeats),
+        repeats=len(trial.repeats), one_repeat=ranked.one_repeat,
     )
 
 
