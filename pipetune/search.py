@@ -265,14 +265,15 @@ def measure_one(state: SearchState, variant: Variant, rung: int, steps: int,
 
 
 def best_so_far(state: SearchState) -> float | None:
-    """The best objective value stored by any measurement (screening or race), None before the first."""
-    def read() -> list[float]:
-        return [t.value for t in state.study.get_trials(deepcopy=False)
-                if "result" in t.user_attrs and t.value is not None]
-    values = state.board.stored(read, "reading the study")
-    if not values:
-        return None
-    return max(values) if state.objective == "throughput" else min(values)
+    """The best objective value stored by any measurement (screening or race), None before the
+    first: the study's best value (its direction is the objective's), one query, not a read of
+    every trial."""
+    def read() -> float | None:
+        try:
+            return state.study.best_value
+        except ValueError:  # no completed measurement yet
+            return None
+    return state.board.stored(read, "reading the study")
 
 
 def _stored_ids(state: SearchState, retried: bool = True) -> set[tuple[str, int, int | None]]:
