@@ -11,6 +11,7 @@ import inspect
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pynvml
@@ -25,7 +26,9 @@ from pipetune.monitors import (
     MAX_INTERVAL_S,
     PCIE_PERIOD_S,
     Monitors,
+    HostCounters,
     clip,
+    core_percents,
     gpu_environment,
     mean_metric,
     peak_metric,
@@ -299,6 +302,35 @@ def test_host_metrics_cover_process_system_each_core_and_rss() -> None:
     peak = peak_rss_bytes(report)
     assert peak is not None and peak >= 10 * 1024**2
     assert report.samples[-1].metric == "host.rss_bytes"  # the reading taken at stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="no /proc here: psutil is the only path")
+def test_proc_counters_agree_with_psutil_and_their_files_are_closed_at_stop(tmp_path: Path) -> None:
+    """The kept-open /proc files read what psutil reads; without /proc psutil is read instead."""
+    fast, fallback = HostCounters(), HostCounters(proc=str(tmp_path))  # tmp_path holds no stat
+    assert fast.rss_bytes() == pytest.approx(psutil.Process().memory_info().rss, rel=0.05)
+    assert fallback.rss_bytes() == pytest.approx(psutil.Process().memory_info().rss, rel=0.05)
+    before, psutil_before = fast.per_core(), psutil.cpu_percent(None, percpu=True)
+    ended = time.perf_counter() + 0.3
+    while time.perf_counter() < ended:
+        pass  # one core busy
+    ours, theirs = core_percents(before, fast.per_core()), psutil.cpu_percent(None, percpu=True)
+    assert len(ours) == len(theirs) == len(fallback.per_core()) == psutil.cpu_count()
+    # the same counters over (almost) the same interval: the all-cores means agree
+    assert sum(ours) / len(ours) == pytest.approx(sum(theirs) / len(theirs), abs=10)
+    assert psutil_before is not None and sum(ours) >= 50  # the busy core shows
+    fast.close()
+    fallback.close()
+
+    open_before = len(psutil.Process().open_files()) + psutil.Process().num_fds()
+    _run_burst(Monitors(nvml=FakeNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)), 0.05)
+    assert len(psutil.Process().open_files()) + psutil.Process().num_fds() == open_before
+
+
+def test_core_percents_are_each_cores_busy_share_between_two_readings() -> None:
+    before = [(10.0, 100.0), (50.0, 200.0), (7.0, 7.0)]
+    after = [(35.0, 200.0), (50.0, 300.0), (7.0, 7.0)]  # 25 of 100 busy; idle; no time passed
+    assert core_percents(before, after) == [25.0, 0.0, 0.0]
 
 
 def test_stop_is_idempotent_and_the_context_manager_stops() -> None:
