@@ -201,7 +201,11 @@ def summarise(workload: Workload, spec: Spec, sweeps: dict[str, SweepOutcome],
         **{f"auto_vs_{k}": v[0] for k, v in auto_vs.items()},
         **{f"auto_vs_{k}_ci": f"{v[1]:.2f}-{v[2]:.2f}" for k, v in auto_vs.items()},
         "auto_tuning_s": auto.tuning_time_s, "auto_measurements": measurements(auto),
-        "pick_measurements": measurements(pick), "auto_bottleneck": diagnosis.get("bottleneck", {}).get("kind"),
+        "pick_measurements": measurements(pick), "pick_b_tuning_s": sweeps["pick_b"].tuning_time_s,
+        "pick_b_measurements": measurements(sweeps["pick_b"]),
+        # (a)'s tuning time, as both of its sweeps measured it (seeds 1 and 2, the same space)
+        "listed_tuning_s": (pick.tuning_time_s + sweeps["pick_b"].tuning_time_s) / 2,
+        "auto_bottleneck": diagnosis.get("bottleneck", {}).get("kind"),
         "auto_candidates": len(auto.ranking.ranked), "auto_consumer_levers": consumer_levers(auto),
         "auto_declares_tie": not any(
             c.significant for c in auto.ranking.comparisons),
@@ -269,8 +273,11 @@ def _missed_auto_targets(workload: Workload, row: dict) -> list[str]:
     missed = []
     if row["auto_vs_pick"] < 0.95:
         missed.append("auto pick below 95% of the hand-listed pick")
-    if row["auto_tuning_s"] > row["pick_tuning_s"]:
-        missed.append("auto tuning longer than the hand-listed sweep")
+    # Against (a) as both its sweeps measured it, not against the one with seed 1: two sweeps of
+    # one space differ by noise, and where (a) and (b) run the race's minimum (19 trials) one
+    # sweep of each was a coin toss (missed by 0.1-0.3 s on two workloads in one run).
+    if row["auto_tuning_s"] > row["listed_tuning_s"]:
+        missed.append("auto tuning longer than the hand-listed sweeps' mean")
     if workload.auto_must_beat_autotune_5x and row["auto_vs_autotune-default"] < 5.0:
         missed.append("auto pick < 5x autotune-default")
     if workload.nothing_beats_autotune and (row["auto_tuning_s"] > 60 or not row["auto_declares_tie"]):
@@ -314,7 +321,8 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
     lines += ["", "## (b) the automatic space (no `search.space`: diagnose, then search)", "",
               "Same head-to-head rounds as above. *auto vs pick*: the automatic space's pick over the "
               "hand-listed space's pick (>= 0.95 is the target); *trials*: the measurements each sweep ran "
-              "(screening and race rounds), beside its tuning seconds; *measured / predicted*: the head-to-head "
+              "(screening and race rounds), beside its tuning seconds (listed: the two sweeps of (a), "
+              "seeds 1 and 2; the target compares (b) with their mean); *measured / predicted*: the head-to-head "
               "rate of the auto pick over the rate predict.py gave it from the diagnosis (within 2x is the target).", "",
               "| workload | bottleneck | candidates | auto vs pick | auto vs autotune-default | "
               "tuning s (auto / listed) | trials (auto / listed) | tie declared | measured / predicted | consumer levers searched: the pick's |",
@@ -324,8 +332,8 @@ def write_tables(rows: list[dict], overhead: dict | None, settings: Settings, wa
             f"| {r['workload']} | {r['auto_bottleneck']} | {r['auto_candidates']} | "
             f"{r['auto_vs_pick']:.2f} ({r['auto_vs_pick_ci']}) | "
             f"{r['auto_vs_autotune-default']:.2f} ({r['auto_vs_autotune-default_ci']}) | "
-            f"{r['auto_tuning_s']:.0f} / {r['pick_tuning_s']:.0f} | "
-            f"{r['auto_measurements']} / {r['pick_measurements']} | "
+            f"{r['auto_tuning_s']:.1f} / {r['pick_tuning_s']:.1f}, {r['pick_b_tuning_s']:.1f} | "
+            f"{r['auto_measurements']} / {r['pick_measurements']}, {r['pick_b_measurements']} | "
             f"{'yes' if r['auto_declares_tie'] else 'no'} | {r['auto_measured_over_predicted']:.2f} | "
             f"{r['auto_consumer_levers']} |")
     met = sum(r["repeatable"] for r in rows)
