@@ -315,7 +315,7 @@ def test_proc_counters_agree_with_psutil_and_their_files_are_closed_at_stop(tmp_
     while time.perf_counter() < ended:
         pass  # one core busy
     ours, theirs = core_percents(before, fast.per_core()), psutil.cpu_percent(None, percpu=True)
-    assert len(ours) == len(theirs) == len(fallback.per_core()) == psutil.cpu_count()
+    assert len(ours) == len(theirs) == len(fallback.per_core()) >= 1
     # the same counters over (almost) the same interval: the all-cores means agree
     assert sum(ours) / len(ours) == pytest.approx(sum(theirs) / len(theirs), abs=10)
     assert psutil_before is not None and sum(ours) >= 50  # the busy core shows
