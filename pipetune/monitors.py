@@ -121,9 +121,8 @@ class HostCounters:
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-# The all-cores line and one line per core come first, each under 256 bytes (10 counters
-# of at most 20 digits);
-# reading only those spares a large buffer a tick.
+# The all-cores line and one line per core come first, each under 256 bytes (10 counters of
+# at most 20 digits): reading only those spares allocating a large buffer every tick.
 _PROC_STAT_BYTES = 256 * ((os.cpu_count() or 1) + 1)
 
 
